@@ -1,0 +1,59 @@
+"""Build the narration pretraining annotations (narrations as queries) from EgoClip.
+
+    python ego4d_data_narration/create_pretrain_data_from_egoclip.py \
+        --egoclip egoclip.csv \
+        --split_files nlq_train.json moments_train.json vq_train.json \
+        --video_feat_dir data/features/em_egovlp+internvideo_visual_features_1.87fps \
+        --output data/narrations/format_unique_pretrain_data_v2.jsonl
+
+Replaces the reference's create_pretrain_data_from_egoclip.py + filter_missing_video.py: clips
+without video features (given a feature store or a list of clip ids) are dropped here, and each
+dropped clip is reported. A thin wrapper over ego4d_data_narration/narration_builder.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ego4d_data_narration.narration_builder import build_pretrain_records, read_id_list  # noqa: E402
+from libs.core.errors import GroundNLQError  # noqa: E402
+from libs.datasets.annotations import QUERY_TYPES, write_jsonl  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--egoclip", required=True, help="EgoClip metadata (egoclip.csv, tab-separated)")
+    parser.add_argument("--split_files", nargs="+", required=True,
+                        help="official train split jsons (NLQ, MQ, VQ) whose clips get narration queries")
+    features = parser.add_mutually_exclusive_group()
+    features.add_argument("--video_feat_dir", help="video feature store; clips missing from it are dropped")
+    features.add_argument("--available_clips", help="text file of clip ids with features, one per line")
+    parser.add_argument("--output", required=True, help="jsonl to write")
+    parser.add_argument("--query_type", default="narration", choices=QUERY_TYPES,
+                        help="query_type of the records (default: narration)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")
+    args = parser.parse_args(argv)
+    try:
+        available = None
+        if args.available_clips:
+            available = read_id_list(args.available_clips)
+        elif args.video_feat_dir:
+            from libs.datasets.feature_store import open_store
+
+            available = set(open_store(args.video_feat_dir).keys())
+        records = build_pretrain_records(args.egoclip, args.split_files, available, args.query_type)
+        write_jsonl(records, args.output)
+        print(f"wrote {len(records)} records -> {args.output}")
+    except GroundNLQError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

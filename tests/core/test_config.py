@@ -1,0 +1,254 @@
+"""Config loading: defaults merge, overrides, validation errors, derived keys, reference parity."""
+import copy
+import glob
+import json
+import os
+
+import pytest
+import yaml
+
+from libs.core import config as config_mod
+from libs.core.config import DEFAULTS, load_config, load_default_config, parse_overrides, save_config
+from libs.core.errors import ConfigError
+from libs.utils.paths import REPO_ROOT
+from tests.conftest import require_shared
+
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+FINETUNE = os.path.join(CONFIG_DIR, "ego4d_nlq_v2_pretrain_finetune_internvideo_2.5e-5.yaml")
+
+# keys this project adds to the reference's model / test_cfg sections
+OUR_MODEL_KEYS = {"video_pad_mode", "text_pad_mode", "use_sdpa"}
+OUR_TEST_CFG_KEYS = {"nms_backend", "nms_early_stop", "half_window_offset"}
+
+# golden/README.md: the tiny model = the finetune config with these overrides
+TINY_OVERRIDES = [
+    "dataset.input_vid_dim=48", "dataset.input_txt_dim=24", "dataset.max_seq_len=256",
+    "model.embd_dim=32", "model.fpn_dim=32", "model.head_dim=32",
+    "model.backbone_arch=[2, 2, 2, 0, 3]",
+    "model.regression_range=[[0, 4], [2, 8], [4, 16], [8, 10000]]",
+]
+
+
+def write_yaml(tmp_path, text, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def as_json(obj):
+    """Tuples -> lists, ints and floats compared by value."""
+    return json.loads(json.dumps(obj))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))),
+                         ids=os.path.basename)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg["dataset_name"] in ("ego4d", "demo")
+    assert cfg["model"]["max_seq_len"] == cfg["dataset"]["max_seq_len"]
+    assert cfg["model"]["train_cfg"] == cfg["train_cfg"]
+    assert cfg["model"]["test_cfg"] == cfg["test_cfg"]
+
+
+def test_shipped_configs_values():
+    """The reference's per-config values (spec section 2 table), lr per GPU with scaling on."""
+    expect = {  # name: (arch, lr, epochs, warmup, batch, max_seg_num, jitter)
+        "ego4d_narrations_nlq_internvideo": ([2, 4, 4, 0, 6], 5e-5, 6, 4, 4, 50, True),
+        "ego4d_nlq_v2_internvideo_1e-4": ([2, 4, 4, 0, 6], 5e-5, 8, 5, 2, 5, False),
+        "ego4d_nlq_v2_internvideo_1e-4_groundnlq_star": ([2, 4, 4, 6, 0], 5e-5, 8, 5, 2, 5, False),
+        "ego4d_nlq_v2_pretrain_finetune_internvideo_2.5e-5": ([2, 4, 4, 0, 6], 2.5e-5, 6, 4, 2, 5, False),
+        "ego4d_nlq_v2_pretrain_finetune_internvideo_2.5e-5_train+val": ([2, 4, 4, 0, 6], 2.5e-5, 6, 4, 2, 5, False),
+        "ego4d_nlq_v2_pretrain_finetune_internvideo_2.5e-5_groundnlq_star_train+val":
+            ([2, 4, 4, 6, 0], 5e-5, 6, 4, 2, 5, False),
+        "ego4d_nlq_v2_internvideo_inference_test": ([2, 4, 4, 0, 6], 2.5e-5, 6, 4, 2, 5, False),
+    }
+    for name, (arch, lr, epochs, warmup, batch, max_seg, jitter) in expect.items():
+        cfg = load_config(os.path.join(CONFIG_DIR, name + ".yaml"))
+        assert list(cfg["model"]["backbone_arch"]) == arch, name
+        assert cfg["opt"]["learning_rate"] == lr, name
+        assert (cfg["opt"]["epochs"], cfg["opt"]["warmup_epochs"]) == (epochs, warmup), name
+        assert cfg["loader"]["batch_size"] == batch, name
+        assert cfg["test_cfg"]["max_seg_num"] == max_seg, name
+        assert cfg["dataset"]["enable_temporal_jittering"] is jitter, name
+        assert cfg["trainer"]["scale_lr_by_world_size"] is True, name
+        assert cfg["dataset"]["feat_stride"] == cfg["dataset"]["num_frames"] == 16.043
+        assert cfg["test_cfg"]["nms_sigma"] == 0.75 and cfg["train_cfg"]["init_loss_norm"] == 200
+    finetune = load_config(FINETUNE)["dataset"]
+    assert finetune["train_jsonl_file"].endswith("ego4d_nlq_train_v2.jsonl")  # held-out val
+    test = load_config(os.path.join(CONFIG_DIR, "ego4d_nlq_v2_internvideo_inference_test.yaml"))["dataset"]
+    assert test["val_jsonl_file"].endswith("ego4d_nlq_test_v2.jsonl")
+
+
+def test_finetune_model_section_matches_reference_golden():
+    golden = json.load(open(require_shared("golden", "tiny_model", "config.json")))
+    cfg = load_config(FINETUNE, overrides=TINY_OVERRIDES)
+    model = as_json(cfg["model"])
+    for key in OUR_MODEL_KEYS:
+        model.pop(key)
+    for key in OUR_TEST_CFG_KEYS:
+        model["test_cfg"].pop(key)
+    assert model == golden["model"]
+    # the reference's defaults for the sections the configs leave alone
+    assert as_json({k: cfg["opt"][k] for k in golden["opt"]}) == golden["opt"]
+
+
+def test_defaults_are_not_mutated_and_fresh_copies(tmp_path):
+    before = copy.deepcopy(DEFAULTS)
+    path = write_yaml(tmp_path, "model:\n  n_head: 8\ntrain_cfg:\n  head_empty_cls: [3]\n")
+    cfg = load_config(path, overrides=["opt.schedule_steps=[1, 2]"])
+    cfg["model"]["regression_range"].append((1, 2))
+    cfg["train_cfg"]["head_empty_cls"].append(7)
+    load_default_config()["opt"]["schedule_steps"].append(9)
+    assert DEFAULTS == before
+    assert load_config(path)["opt"]["schedule_steps"] == []
+
+
+def test_yaml_merge_keeps_unset_defaults(tmp_path):
+    path = write_yaml(tmp_path, "dataset:\n  max_seq_len: 1024\ntest_cfg: {max_seg_num: 5}\n")
+    cfg = load_config(path)
+    assert cfg["dataset"]["max_seq_len"] == 1024 and cfg["dataset"]["feat_stride"] == 16
+    assert cfg["test_cfg"]["max_seg_num"] == 5 and cfg["test_cfg"]["nms_sigma"] == 0.5
+    assert cfg["model"]["max_seq_len"] == 1024 and cfg["model"]["input_vid_dim"] == 2304
+    assert cfg["model"]["test_cfg"]["max_seg_num"] == 5
+    # copies, not the same objects (the reference shared them)
+    assert cfg["model"]["train_cfg"] is not cfg["train_cfg"]
+    assert cfg["trainer"]["ema_decay"] == 0.999 and cfg["output_folder"] == "./ckpt/"
+
+
+def test_empty_yaml_gives_defaults(tmp_path):
+    cfg = load_config(write_yaml(tmp_path, ""))
+    assert as_json(cfg) == as_json(load_default_config())
+
+
+def test_parse_overrides_types():
+    parsed = parse_overrides([
+        "model.n_head=8", "opt.learning_rate=0.5", "dataset.enable_temporal_jittering=true",
+        "model.backbone_arch=[2, 4, 4, 0, 6]", "test_cfg.nms_method=hard", "dataset.default_fps=null",
+        "dataset.json_file=a=b.json",
+    ])
+    assert parsed == {
+        "model": {"n_head": 8, "backbone_arch": [2, 4, 4, 0, 6]},
+        "opt": {"learning_rate": 0.5},
+        "dataset": {"enable_temporal_jittering": True, "default_fps": None, "json_file": "a=b.json"},
+        "test_cfg": {"nms_method": "hard"},
+    }
+    assert isinstance(parsed["model"]["n_head"], int)
+
+
+def test_overrides_apply_and_coerce_scientific_floats(tmp_path):
+    path = write_yaml(tmp_path, "opt:\n  learning_rate: 1e-4\n")  # PyYAML reads 1e-4 as a string
+    cfg = load_config(path, overrides=["opt.weight_decay=5e-2", "loader.batch_size=4", "trainer.amp=none"])
+    assert cfg["opt"]["learning_rate"] == 1e-4 and isinstance(cfg["opt"]["learning_rate"], float)
+    assert cfg["opt"]["weight_decay"] == 0.05
+    assert cfg["loader"]["batch_size"] == 4 and cfg["trainer"]["amp"] == "none"
+
+
+@pytest.mark.parametrize("bad", ["model.n_head", "=3", "model..n_head=3"])
+def test_malformed_override(bad, tmp_path):
+    with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
+        load_config(write_yaml(tmp_path, ""), overrides=[bad])
+
+
+def test_unknown_key_names_path_file_and_suggestion(tmp_path):
+    path = write_yaml(tmp_path, "model:\n  n_heads: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "'model.n_heads'" in msg and path in msg and "did you mean 'model.n_head'" in msg
+
+
+def test_unknown_key_in_wrong_section_suggests_right_section(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'loader.batch_size'"):
+        load_config(write_yaml(tmp_path, "dataset:\n  batch_size: 4\n"))
+
+
+def test_unknown_key_from_override(tmp_path):
+    with pytest.raises(ConfigError, match="override: unknown key 'opt.learning_rat'.*'opt.learning_rate'"):
+        load_config(write_yaml(tmp_path, ""), overrides=["opt.learning_rat=1"])
+
+
+@pytest.mark.parametrize("text, key, expected, got", [
+    ("loader:\n  batch_size: two\n", "loader.batch_size", "an integer", "'two'"),
+    ("loader:\n  batch_size: 2.5\n", "loader.batch_size", "an integer", "2.5"),
+    ("loader:\n  batch_size: true\n", "loader.batch_size", "an integer", "True"),
+    ("model:\n  use_abs_pe: 1\n", "model.use_abs_pe", "a bool", "1"),
+    ("opt:\n  learning_rate: fast\n", "opt.learning_rate", "a number", "'fast'"),
+    ("model:\n  backbone_arch: 5\n", "model.backbone_arch", "a list", "5"),
+    ("model: 3\n", "model", "a section", "3"),
+    ("test_cfg:\n  nms_method: [soft]\n", "test_cfg.nms_method", "a str", "['soft']"),
+])
+def test_wrong_type_names_key_expected_got(tmp_path, text, key, expected, got):
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert f"'{key}'" in msg and expected in msg and got in msg and path in msg
+
+
+def test_accepted_type_variants(tmp_path):
+    path = write_yaml(tmp_path, (
+        "devices: cuda\ntrain_split: [training]\n"
+        "dataset: {feat_stride: 16, default_fps: 30, trunc_thresh: 0.3, crop_ratio: [0.9, 1.0]}\n"
+        "model: {backbone_arch: [2, 4, 4, 0, 6]}\ntrainer: {early_stop_epochs: 3}\n"))
+    cfg = load_config(path)
+    assert cfg["devices"] == "cuda" and cfg["train_split"] == ["training"]
+    assert cfg["dataset"]["crop_ratio"] == [0.9, 1.0] and cfg["trainer"]["early_stop_epochs"] == 3
+
+
+def test_derived_model_keys(tmp_path):
+    # a saved config repeats the derived keys: accepted when consistent
+    saved = tmp_path / "run"
+    cfg = load_config(FINETUNE, overrides=["test_cfg.max_seg_num=7"])
+    save_config(cfg, str(saved))
+    again = load_config(str(saved / "config.yaml"), overrides=["dataset.max_seq_len=512"])
+    assert again["model"]["max_seq_len"] == 512 and again["model"]["test_cfg"]["max_seg_num"] == 7
+    with pytest.raises(ConfigError, match="'model.max_seq_len' is derived from 'dataset.max_seq_len'"):
+        load_config(FINETUNE, overrides=["model.max_seq_len=128"])
+
+
+def test_save_config_round_trip(tmp_path):
+    cfg = load_config(FINETUNE, overrides=["loader.num_workers=0"])
+    save_config(cfg, str(tmp_path))
+    assert as_json(yaml.safe_load((tmp_path / "config.yaml").read_text())) == as_json(cfg)
+    assert as_json(load_config(str(tmp_path / "config.yaml"))) == as_json(cfg)
+    text = (tmp_path / "config.txt").read_text()
+    assert text.startswith("{") and "'learning_rate': 2.5e-05" in text
+
+
+def test_check_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ann.jsonl").write_text("")
+    path = write_yaml(tmp_path, "dataset:\n  train_jsonl_file: ann.jsonl\n  video_feat_dir: feats/video.h5\n")
+    assert load_config(path)["dataset"]["video_feat_dir"] == "feats/video.h5"  # not checked by default
+    with pytest.raises(ConfigError) as err:
+        load_config(path, check_paths=True)
+    assert "dataset.video_feat_dir" in str(err.value) and "feats/video.h5" in str(err.value)
+    (tmp_path / "feats").mkdir()
+    (tmp_path / "feats" / "video.h5").write_bytes(b"")
+    assert load_config(path, check_paths=True)["dataset"]["train_jsonl_file"] == "ann.jsonl"
+
+
+def test_missing_or_invalid_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write_yaml(tmp_path, "model: {n_head: [\n"))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(write_yaml(tmp_path, "- 1\n- 2\n"))
+
+
+def test_every_default_key_is_commented():
+    """Each key of DEFAULTS has a comment line right above it (or shares a commented group)."""
+    source = open(config_mod.__file__).read()
+    block = source[source.index("DEFAULTS: dict"):source.index("\n}\n", source.index("DEFAULTS: dict"))]
+    lines = block.splitlines()
+    uncommented = []
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith('"') and ":" in stripped:
+            j = i - 1
+            while j > 0 and lines[j].strip().startswith('"') and not lines[j].strip().endswith("{"):
+                j -= 1  # consecutive keys share the comment above the group
+            if not lines[j].strip().startswith("#"):
+                uncommented.append(stripped.split(":")[0])
+    assert uncommented == []
