@@ -1,0 +1,1 @@
+"""Feature-store tools: conversion, multi-backbone concatenation, text token extraction."""

