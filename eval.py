@@ -1,0 +1,163 @@
+"""Evaluate a checkpoint on the NLQ val/test split, or score a saved prediction file.
+
+    python eval.py CONFIG CHECKPOINT [--split val|test] [--topk K] [--ema] [--out DIR]
+                   [--opt key=value ...] [--device DEV] [--no-progress] [--debug]
+    python eval.py --pred-file SUBMISSION.json --gt-file nlq_val.json [--json-out METRICS.json]
+
+Model mode writes, into DIR (default: the checkpoint's folder), file names tagged with the split
+and the checkpoint's name (a checkpoint folder holds every epoch, so nothing is overwritten):
+``<tag>_predictions.json`` (every window with its score: the file to ensemble or re-score),
+``<tag>_submission.json`` (EvalAI format, 5 windows per query, validated before writing) and, on
+the val split, ``<tag>_metrics.json``. The test split has no GT: its config points
+``dataset.val_jsonl_file`` at the test jsonl (as the reference's inference config does) and only
+the files are written. The raw weights are evaluated, as the reference does; ``--ema`` picks the
+EMA weights.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from libs.core.errors import ConfigError, GroundNLQError
+from libs.utils.io import save_json
+from libs.utils.metrics import evaluate_predictions, format_metrics_table, load_ground_truth
+from libs.utils.submission import (
+    SUBMISSION_TOP_K,
+    make_submission,
+    read_prediction_file,
+    save_predictions,
+    validate_submission,
+)
+
+SPLITS = ("val", "test")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Evaluate GroundNLQ on Ego4D NLQ (official recall).")
+    parser.add_argument("config", nargs="?", help="config file (model mode)")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint file (model mode)")
+    parser.add_argument("--split", default="val", choices=SPLITS,
+                        help="val: score and write files; test: write files only (no GT)")
+    parser.add_argument("--topk", type=int, default=0, help="windows kept per query (test_cfg.max_seg_num)")
+    parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    parser.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
+    parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--pred-file", default=None, help="score this submission/prediction file")
+    parser.add_argument("--gt-file", default=None, help="official NLQ json (or jsonl records) for --pred-file")
+    parser.add_argument("--json-out", default=None, help="also write the metrics to this JSON file")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def report(metrics: dict, num_gt_queries: int, title: str) -> None:
+    print(f"Evaluated: {metrics['num_queries']} / {num_gt_queries} instances")
+    print(format_metrics_table(metrics, title=title), flush=True)
+
+
+def score_file(args: argparse.Namespace) -> dict:
+    """``--pred-file`` mode: official scoring of a saved file."""
+    if not args.gt_file:
+        raise ConfigError("--pred-file needs --gt-file (the official NLQ json of the split)")
+    gt = load_ground_truth(args.gt_file)
+    metrics = evaluate_predictions(read_prediction_file(args.pred_file, gt), gt)
+    report(metrics, gt.num_gt_queries, title=os.path.basename(args.pred_file))
+    if args.json_out:
+        save_json({"pred_file": args.pred_file, "gt_file": args.gt_file, **metrics}, args.json_out, indent=2)
+    return metrics
+
+
+def _checkpoint_tag(checkpoint: str, split: str) -> str:
+    name = os.path.basename(checkpoint)
+    for suffix in (".pth.tar", ".pth", ".pt", ".tar"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return f"{split}_{name}"
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
+    """Model mode: dataset + loader, model + checkpoint, inference, files, metrics."""
+    import torch
+
+    from libs.core.config import load_config
+    from libs.datasets.datasets import make_data_loader, make_dataset
+    from libs.engine.evaluator import inference_on_dataset
+    from libs.modeling.checkpoint import load_checkpoint
+    from libs.modeling.models import make_meta_arch
+
+    if not os.path.isfile(args.checkpoint):
+        raise ConfigError(f"checkpoint not found: {args.checkpoint}")
+    overrides = list(args.opt)
+    if args.topk:
+        if args.topk < SUBMISSION_TOP_K:
+            raise ConfigError(f"--topk {args.topk}: the submission needs at least {SUBMISSION_TOP_K} windows")
+        overrides.append(f"test_cfg.max_seg_num={args.topk}")
+    cfg = load_config(args.config, overrides=overrides)
+    records_file = cfg["dataset"].get("val_jsonl_file")
+    if not records_file or not os.path.isfile(records_file):
+        raise ConfigError(f"{args.config}: dataset.val_jsonl_file {records_file!r} (the split to evaluate) not found")
+
+    dataset = make_dataset(cfg["dataset_name"], False, cfg["val_split"], **cfg["dataset"])
+    # list-of-items batches: the model collates them with its own padding settings, and the
+    # video-centric sampler puts a clip's queries in one batch so the clip is embedded once
+    loader = make_data_loader(
+        dataset, False, None, cfg["loader"]["eval_batch_size"], cfg["loader"]["num_workers"],
+        collate_fn=None, video_centric=cfg["loader"]["video_centric"],
+    )
+    model = make_meta_arch(cfg["model_name"], **cfg["model"])
+    load_checkpoint(model, args.checkpoint, use_ema=args.ema, strict=True)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+
+    results = inference_on_dataset(model, loader, device, progress=not args.no_progress)
+
+    out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
+    tag = _checkpoint_tag(args.checkpoint, args.split)
+    pred_path = os.path.join(out_dir, f"{tag}_predictions.json")
+    save_predictions(results, pred_path)
+    submission = make_submission(results, SUBMISSION_TOP_K)
+    validate_submission(submission, records_file)
+    sub_path = os.path.join(out_dir, f"{tag}_submission.json")
+    save_json(submission, sub_path)
+    print(f"wrote {pred_path}\nwrote {sub_path}")
+    if args.split != "val":
+        return None
+
+    gt_file = cfg["dataset"].get("json_file")
+    gt = load_ground_truth(gt_file if gt_file and os.path.isfile(gt_file) else records_file)
+    metrics = evaluate_predictions(results, gt)
+    report(metrics, gt.num_gt_queries, title=f"{tag} ({'EMA' if args.ema else 'raw'} weights)")
+    metrics_path = args.json_out or os.path.join(out_dir, f"{tag}_metrics.json")
+    save_json({"checkpoint": os.path.abspath(args.checkpoint), "split": args.split, "ema": args.ema,
+               "gt_file": gt.source, **metrics}, metrics_path, indent=2)
+    print(f"wrote {metrics_path}")
+    return metrics
+
+
+def run(args: argparse.Namespace) -> dict | None:
+    if args.pred_file:
+        if args.config or args.checkpoint:
+            raise ConfigError("give either CONFIG CHECKPOINT or --pred-file, not both")
+        return score_file(args)
+    if not (args.config and args.checkpoint):
+        raise ConfigError("expected CONFIG CHECKPOINT (or --pred-file FILE --gt-file GT)")
+    return evaluate_checkpoint(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except GroundNLQError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Running a model over a dataset, and the recall evaluator (Detectron2's evaluator pattern).
+
+``inference_on_dataset`` knows nothing about metrics; ``RecallEvaluator`` knows nothing about the
+model: it collects per-query results (``reset / process``) and scores them with the official
+metric (``evaluate``), so the trainer's eval hook and ``eval.py`` share one path.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Sequence, Union
+
+import torch
+
+from libs.utils.metrics import (
+    DEFAULT_KS,
+    DEFAULT_THRESHOLDS,
+    GroundTruth,
+    evaluate_predictions,
+    format_metrics_table,
+    load_ground_truth,
+)
+
+
+def move_to_device(obj: Any, device: Union[str, torch.device]) -> Any:
+    """Tensors inside a Batch dataclass, dict, list or tuple moved to ``device`` (others kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: move_to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj) if f.init}
+        return dataclasses.replace(obj, **changes)
+    if isinstance(obj, dict):
+        return {k: move_to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_to_device(v, device) for v in obj)
+    return obj
+
+
+def _result_to_cpu(result: dict) -> dict:
+    """A per-query result with its tensors detached on the CPU (keeps GPU memory flat)."""
+    return {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in result.items()}
+
+
+def inference_on_dataset(
+    model: torch.nn.Module,
+    data_loader: Iterable,
+    device: Union[str, torch.device],
+    progress: bool = True,
+    evaluator: "RecallEvaluator | None" = None,
+) -> list[dict]:
+    """Run ``model`` in eval mode over every batch; return per-query result dicts on the CPU.
+
+    A batch is whatever the loader yields (a ``Batch`` or a list of item dicts); its tensors are
+    moved to ``device``. The model's train/eval mode is restored afterwards. When ``evaluator``
+    is given, each batch's results are also passed to ``evaluator.process``.
+    """
+    was_training = model.training
+    model.eval()
+    results: list[dict] = []
+    iterator = data_loader
+    if progress:
+        from tqdm import tqdm
+
+        total = len(data_loader) if hasattr(data_loader, "__len__") else None
+        iterator = tqdm(data_loader, total=total, desc="inference", dynamic_ncols=True)
+    try:
+        with torch.no_grad():
+            for batch in iterator:
+                outputs = [_result_to_cpu(r) for r in model(move_to_device(batch, device))]
+                if evaluator is not None:
+                    evaluator.process(batch, outputs)
+                results.extend(outputs)
+    finally:
+        model.train(was_training)
+    return results
+
+
+class RecallEvaluator:
+    """Official Ego4D NLQ recall of the results seen since ``reset`` (single process).
+
+    ``gt``: the official NLQ json (path or dict), jsonl records, or a ``GroundTruth``.
+    """
+
+    def __init__(
+        self,
+        gt: Union[str, dict, list, GroundTruth],
+        ks: Sequence[int] = DEFAULT_KS,
+        thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    ) -> None:
+        self.gt = load_ground_truth(gt)
+        self.ks = tuple(ks)
+        self.thresholds = tuple(thresholds)
+        self._results: list[dict] = []
+
+    def reset(self) -> None:
+        """Forget the results collected so far."""
+        self._results = []
+
+    def process(self, inputs: Any, outputs: Sequence[dict]) -> None:
+        """Collect one batch's per-query results (``inputs`` is unused; Detectron2 signature)."""
+        self._results.extend(_result_to_cpu(r) for r in outputs)
+
+    @property
+    def results(self) -> list[dict]:
+        return list(self._results)
+
+    def evaluate(self, predictions: Sequence[dict] | None = None) -> dict:
+        """Recall@K,IoU and mIoU (percentages) of ``predictions`` or of the processed results."""
+        results = self._results if predictions is None else predictions
+        return evaluate_predictions(results, self.gt, self.ks, self.thresholds)
+
+    def format(self, metrics: dict) -> str:
+        """Printable summary: evaluated count and the ASCII table."""
+        header = f"Evaluated: {metrics['num_queries']} / {self.gt.num_gt_queries} instances"
+        return header + "\n" + format_metrics_table(metrics, self.ks, self.thresholds)
+
+
+class ReferringRecall(RecallEvaluator):
+    """The reference's name and constructor (``ReferringRecall(dataset, gt_file)``).
+
+    ``gt_file`` is the official json or jsonl records (whatever ``load_ground_truth`` reads);
+    ``dataset`` is kept for the signature only. ``evaluate`` returns the metrics dict, not the
+    reference's (array, table) pair; ``format`` gives its printout.
+    """
+
+    def __init__(
+        self, dataset: str = "ego4d", gt_file: str = "./ego4d_data/ego4d_nlq_v2_ori_data/nlq_val.json"
+    ) -> None:
+        self.dataset = dataset
+        self.gt_file = gt_file
+        super().__init__(gt_file)

@@ -1,0 +1,202 @@
+"""Official Ego4D NLQ recall and mIoU: hand-computed cases and a brute-force re-statement."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from libs.core.errors import DataError
+from libs.utils.metrics import (
+    evaluate_predictions,
+    format_metrics_table,
+    load_ground_truth,
+    split_query_id,
+    temporal_iou,
+)
+from tests.conftest import require_shared
+
+
+def make_gt(windows_by_annotation, duration=100.0, clip_uid="clip1"):
+    """Official-format GT for one clip: {annotation_uid: [(start, end) | (start, end, text)]}."""
+    annotations = []
+    for ann, queries in windows_by_annotation.items():
+        lqs = []
+        for q in queries:
+            text = q[2] if len(q) > 2 else "where is it?"
+            lqs.append({"clip_start_sec": q[0], "clip_end_sec": q[1], "query": text})
+        annotations.append({"annotation_uid": ann, "language_queries": lqs})
+    clip = {"clip_uid": clip_uid, "video_start_sec": 0.0, "video_end_sec": duration, "annotations": annotations}
+    return {"version": "2.0", "videos": [{"video_uid": "v1", "clips": [clip]}]}
+
+
+def rec(ann, idx, times, clip="clip1"):
+    return {"clip_uid": clip, "annotation_uid": ann, "query_idx": idx, "predicted_times": times}
+
+
+def official_restatement(predictions, gt_dict, thresholds, ks):
+    """The official evaluator's loop, one query at a time, in plain Python."""
+    index = {}
+    for video in gt_dict["videos"]:
+        for clip in video["clips"]:
+            for ann in clip["annotations"]:
+                index[(clip["clip_uid"], ann["annotation_uid"])] = ann
+    hits = {(k, th): [] for k in ks for th in thresholds}
+    top1 = []
+    for p in predictions:
+        q = index[(p["clip_uid"], p["annotation_uid"])]["language_queries"][p["query_idx"]]
+        gs, ge = q["clip_start_sec"], q["clip_end_sec"]
+        ious = []
+        for s, e in (w[:2] for w in p["predicted_times"]):
+            inter = max(0.0, min(e, ge) - max(s, gs))
+            union = max(0.0, max(e, ge) - min(s, gs))
+            ious.append(inter / union if union > 0 else float("nan"))
+        top1.append(0.0 if np.isnan(ious[0]) else ious[0])
+        for k in ks:
+            for th in thresholds:
+                hits[(k, th)].append(any(i > th for i in ious[:k]))
+    out = {f"R{k}@{th:g}": 100.0 * np.mean(v) for (k, th), v in hits.items()}
+    out["mIoU"] = 100.0 * np.mean(top1)
+    return out
+
+
+def test_iou_exactly_at_threshold_is_a_miss():
+    gt = make_gt({"a": [(0.0, 10.0), (0.0, 10.0)]})
+    # IoU([0,3],[0,10]) = 0.3 exactly; IoU([0,5],[0,10]) = 0.5 exactly
+    m = evaluate_predictions([rec("a", 0, [[0.0, 3.0]]), rec("a", 1, [[0.0, 5.0]])], gt)
+    assert m["R1@0.3"] == 50.0  # only the 0.5 one is > 0.3
+    assert m["R1@0.5"] == 0.0
+    assert m["mIoU"] == pytest.approx(40.0)
+    assert m["num_queries"] == 2
+
+
+def test_recall_at_k_with_fewer_windows_and_top1_miou():
+    gt = make_gt({"a": [(10.0, 20.0), (50.0, 60.0)]})
+    preds = [
+        # top-1 misses (IoU 0), second window hits exactly: R1 miss, R5 hit
+        rec("a", 0, [[30.0, 40.0], [10.0, 20.0]]),
+        # a single window [52, 60] against [50, 60]: IoU 0.8
+        rec("a", 1, [[52.0, 60.0]]),
+    ]
+    m = evaluate_predictions(preds, gt)
+    assert m["R1@0.3"] == 50.0 and m["R1@0.5"] == 50.0
+    assert m["R5@0.3"] == 100.0 and m["R10@0.5"] == 100.0
+    assert m["mIoU"] == pytest.approx((0.0 + 0.8) / 2 * 100)
+
+
+def test_only_first_k_windows_count():
+    gt = make_gt({"a": [(10.0, 20.0)]})
+    windows = [[80.0, 90.0]] * 5 + [[10.0, 20.0]]  # the hit is the 6th window
+    m = evaluate_predictions([rec("a", 0, windows)], gt)
+    assert m["R5@0.5"] == 0.0 and m["R10@0.5"] == 100.0
+
+
+def test_zero_length_windows_and_zero_over_zero():
+    gt = make_gt({"a": [(0.0, 10.0), (5.0, 5.0)]})
+    preds = [
+        rec("a", 0, [[5.0, 5.0], [0.0, 10.0]]),  # zero-length inside GT: IoU 0, then a hit
+        rec("a", 1, [[5.0, 5.0]]),  # zero-length GT and prediction at one point: 0/0 -> miss
+    ]
+    m = evaluate_predictions(preds, gt, ks=(1, 5), thresholds=(0.0, 0.5))
+    assert m["R1@0"] == 0.0  # IoU 0 is not > 0; NaN is not > 0
+    assert m["R5@0.5"] == 50.0
+    assert m["mIoU"] == 0.0
+    assert np.isnan(temporal_iou(np.array([5.0, 5.0]), np.array([5.0, 5.0])))
+
+
+def test_span_union_for_disjoint_windows():
+    # disjoint: inter 0, union = span (not the sum of lengths); IoU 0 either way
+    assert temporal_iou(np.array([0.0, 1.0]), np.array([3.0, 4.0])) == 0.0
+    # overlapping: span equals the true union
+    assert temporal_iou(np.array([0.0, 4.0]), np.array([2.0, 6.0])) == pytest.approx(2.0 / 6.0)
+
+
+def test_absent_queries_are_not_counted():
+    gt = make_gt({"a": [(10.0, 20.0), (30.0, 40.0), (50.0, 60.0)]})
+    m = evaluate_predictions([rec("a", 2, [[50.0, 60.0]])], gt)
+    assert m["num_queries"] == 1 and m["R1@0.5"] == 100.0
+
+
+def test_model_results_with_tensors():
+    gt = make_gt({"a": [(10.0, 20.0)]})
+    result = {
+        "video_id": "clip1",
+        "query_id": "a_0",
+        "segments": torch.tensor([[10.0, 16.0], [10.0, 20.0]]),  # (K, 2) seconds
+        "scores": torch.tensor([0.9, 0.5]),
+        "labels": torch.zeros(2, dtype=torch.int64),
+    }
+    m = evaluate_predictions([result], gt)
+    assert m["R1@0.5"] == 100.0 and m["mIoU"] == pytest.approx(60.0)
+
+
+def test_bad_predictions_raise_data_errors():
+    gt = make_gt({"a": [(10.0, 20.0)]})
+    with pytest.raises(DataError, match="unknown clip_uid 'nope'"):
+        evaluate_predictions([rec("a", 0, [[1, 2]], clip="nope")], gt)
+    with pytest.raises(DataError, match="unknown annotation_uid 'b'"):
+        evaluate_predictions([rec("b", 0, [[1, 2]])], gt)
+    with pytest.raises(DataError, match="query_idx 3 out of range"):
+        evaluate_predictions([rec("a", 3, [[1, 2]])], gt)
+    with pytest.raises(DataError, match="more than once"):
+        evaluate_predictions([rec("a", 0, [[1, 2]]), rec("a", 0, [[1, 2]])], gt)
+    with pytest.raises(DataError, match="expected '<annotation_uid>_<query index>'"):
+        split_query_id("no-index")
+
+
+def test_matches_brute_force_official_definition():
+    rng = random.Random(0)
+    queries = [(round(rng.uniform(0, 90), 1),) for _ in range(40)]
+    gt_windows = [(s[0], s[0] + rng.choice([0.0, 0.5, 2.0, 10.0])) for s in queries]
+    gt = make_gt({"a": gt_windows})
+    preds = []
+    for idx, (gs, ge) in enumerate(gt_windows):
+        windows = []
+        for _ in range(rng.randint(1, 12)):
+            if rng.random() < 0.5:  # near the GT, on a coarse grid so exact ties happen
+                s = gs + rng.choice([-2.0, -1.0, 0.0, 0.5, 1.0])
+                e = ge + rng.choice([-1.0, 0.0, 1.0, 3.0])
+            else:
+                s = rng.uniform(0, 95)
+                e = s + rng.choice([0.0, 1.0, 5.0])
+            windows.append([s, max(s, e)])
+        preds.append(rec("a", idx, windows))
+    expected = official_restatement(preds, gt, (0.3, 0.5), (1, 5, 10))
+    got = evaluate_predictions(preds, gt)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_real_val_ground_truth_scores_itself_perfectly():
+    gt_path = require_shared("data", "ego4d_nlq_v2", "nlq_val.json")
+    jsonl = require_shared("data", "ego4d_nlq_v2", "ego4d_nlq_val_v2.jsonl")
+    gt = load_ground_truth(gt_path)
+    assert gt.num_gt_queries == 4554 and len(gt.expected) == 4552
+    with open(jsonl) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    results = [
+        {"video_id": r["video_id"], "query_id": r["query_id"], "segments": np.array(r["timestamps"])}
+        for r in records
+    ]
+    m = evaluate_predictions(results, gt)
+    assert m["num_queries"] == 4552
+    assert m["R1@0.5"] == 100.0 and m["mIoU"] == pytest.approx(100.0)
+    # shifted by half their length: IoU = 1/3 for every window -> hit at 0.3, miss at 0.5
+    shifted = []
+    for r in records:
+        s, e = r["timestamps"][0]
+        shifted.append({"video_id": r["video_id"], "query_id": r["query_id"],
+                        "segments": np.array([[s + (e - s) / 2, e + (e - s) / 2]])})
+    m = evaluate_predictions(shifted, load_ground_truth(jsonl))
+    assert m["R1@0.5"] == 0.0 and m["mIoU"] == pytest.approx(100 / 3, abs=1e-6)
+
+
+def test_table_lists_values_k_major():
+    table = format_metrics_table({"R1@0.3": 26.98, "R1@0.5": 18.83, "R5@0.3": 53.56, "R5@0.5": 40.0,
+                                  "R10@0.3": 53.56, "R10@0.5": 40.0, "mIoU": 19.5, "num_queries": 3})
+    lines = table.splitlines()
+    assert lines[0] == lines[2] == lines[4] and set(lines[0]) == {"+", "-"}
+    assert [c.strip() for c in lines[1].split("|")[1:-1]] == [
+        "R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "R10@0.3", "R10@0.5", "mIoU"]
+    assert [c.strip() for c in lines[3].split("|")[1:-1]] == [
+        "26.98", "18.83", "53.56", "40.00", "53.56", "40.00", "19.50"]
