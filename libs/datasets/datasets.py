@@ -1,0 +1,80 @@
+"""Dataset registry, ``make_dataset`` and ``make_data_loader``.
+
+Two sampling modes: the reference's (one query per slot, ``DistributedSampler``-style shards)
+and the video-centric one (``VideoCentricBatchSampler``: a clip's queries share a batch, so the
+collate keeps one copy of the clip). Call :func:`set_loader_epoch` at the start of each epoch in
+either mode.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+
+from libs.core.errors import ConfigError
+from libs.core.registry import Registry
+
+from .data_utils import trivial_batch_collator, worker_init_fn
+from .samplers import VideoCentricBatchSampler
+
+DATASETS = Registry("dataset")
+
+
+def _register_builtin_datasets() -> None:
+    """Import the modules whose classes register themselves (kept lazy: they import this one)."""
+    from . import ego4d, narration  # noqa: F401
+
+
+def make_dataset(name: str, is_training: bool, split: Sequence[str], **kwargs: Any) -> Dataset:
+    """Build the registered dataset ``name`` with the config's ``dataset`` keyword arguments."""
+    _register_builtin_datasets()
+    if name not in DATASETS:
+        raise ConfigError(f"dataset_name {name!r} is not a registered dataset; known: {DATASETS.names()}")
+    return DATASETS.get(name)(is_training=is_training, split=split, **kwargs)
+
+
+def make_data_loader(dataset: Dataset, is_training: bool, generator: Optional[torch.Generator],
+                     batch_size: int, num_workers: int, collate_fn: Optional[Callable] = None,
+                     video_centric: bool = False, num_replicas: int = 1, rank: int = 0,
+                     seed: int = 0) -> DataLoader:
+    """A DataLoader over ``dataset`` for replica ``rank`` of ``num_replicas``.
+
+    ``collate_fn`` None keeps the reference's list-of-dicts batches. Reference mode shards like
+    ``DistributedSampler`` (shuffled in training, in file order in evaluation; the reference also
+    shuffled evaluation, which only changes the order) and drops the last incomplete batch in
+    training. Video-centric mode needs ``dataset.video_id_of(index)``; evaluation batches are not
+    shuffled and shards are padded by repeating batches, as ``DistributedSampler`` pads.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"loader.batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError(f"loader.num_workers must be an integer >= 0, got {num_workers!r}")
+    collate_fn = collate_fn or trivial_batch_collator
+    common = dict(num_workers=num_workers, collate_fn=collate_fn, worker_init_fn=worker_init_fn,
+                  persistent_workers=num_workers > 0, generator=generator if is_training else None)
+    if video_centric:
+        if not hasattr(dataset, "video_id_of"):
+            raise ConfigError(f"video-centric loading needs {type(dataset).__name__}.video_id_of(index)")
+        video_ids = [dataset.video_id_of(i) for i in range(len(dataset))]
+        batch_sampler = VideoCentricBatchSampler(video_ids, batch_size, shuffle=is_training, seed=seed,
+                                                 drop_last=False, num_replicas=num_replicas, rank=rank)
+        return DataLoader(dataset, batch_sampler=batch_sampler, **common)
+    if is_training or num_replicas > 1:
+        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank,
+                                     shuffle=is_training, seed=seed)
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=is_training, **common)
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Reshuffle for ``epoch`` whichever sampler the loader uses.
+
+    ``start_batch`` (resuming mid-epoch) is honoured by the video-centric sampler only.
+    """
+    batch_sampler = loader.batch_sampler
+    if isinstance(batch_sampler, VideoCentricBatchSampler):
+        batch_sampler.set_epoch(epoch, start_batch=start_batch)
+    elif hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
