@@ -1,0 +1,246 @@
+"""Masked attention layers: global conv-attention (text stem), local banded conv-attention (video
+stem and pyramid) and video -> text cross-attention.
+
+Layouts: features ``(B, C, T)``, masks bool ``(B, 1, T)``; heads split channels as
+``C = n_head * head_dim`` (channel ``h * head_dim + d``), as in the reference. Parameter names and
+registration order match the reference's ``MaskedMHCA`` / ``LocalMaskedMHCA`` / ``MaskedMHA``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import LayerNorm, MaskedConv1D
+
+Tensor = torch.Tensor
+
+# additive score of an invalid (padded) key inside the local window; the reference uses -1e4, not -inf
+LOCAL_INVALID_KEY_SCORE = -1e4
+
+
+def split_heads(x: Tensor, n_head: int) -> Tensor:
+    """``(B, C, T)`` -> ``(B, H, T, C // H)`` (a view when possible)."""
+    batch, channels, length = x.shape
+    return x.view(batch, n_head, channels // n_head, length).transpose(2, 3)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """``(B, H, T, D)`` -> ``(B, H * D, T)``."""
+    batch, n_head, length, head_dim = x.shape
+    return x.transpose(2, 3).reshape(batch, n_head * head_dim, length)
+
+
+def masked_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_mask: Tensor,
+    scale: float,
+    dropout_p: float = 0.0,
+    use_sdpa: bool = True,
+) -> Tensor:
+    """Softmax attention over all valid keys.
+
+    q ``(B, H, Tq, D)``, k / v ``(B, H, Tk, D)``, key_mask bool ``(B, 1, Tk)``. Invalid keys get
+    ``-inf`` scores and their values are zeroed (reference). Every row needs one valid key.
+    Returns ``(B, H, Tq, D)``. ``use_sdpa`` selects the fused kernel; both paths agree to rounding.
+    """
+    v = v * key_mask[:, :, :, None].to(v.dtype)  # (B, H, Tk, D)
+    if use_sdpa:
+        attn_mask = key_mask[:, :, None, :]  # (B, 1, 1, Tk), True = attend
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
+    scores = scores.masked_fill(~key_mask[:, :, None, :], float("-inf"))
+    probs = F.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs @ v  # (B, H, Tq, D)
+
+
+def banded_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    window_size: int,
+    scale: float,
+    rel_pe: Optional[Tensor] = None,
+    dropout: Optional[nn.Module] = None,
+) -> Tensor:
+    """Local attention: query ``i`` attends to keys ``j`` with ``|i - j| <= window_size // 2``.
+
+    q / k / v ``(B, H, D, T)`` (channel-first per head), mask bool ``(B, 1, T)`` for queries and
+    keys. Reference masking: keys outside the sequence ``-inf``; invalid keys additive ``-1e4``;
+    rows of invalid queries zeroed after the softmax. The band is computed as ``window_size``
+    shifted products, so memory is linear in T (no T x T scores, no overlapping chunk copies).
+    Returns ``(B, H, D, T)``.
+    """
+    _, num_heads, _, length = q.shape
+    half = window_size // 2
+    q = q * scale
+    k_padded = F.pad(k, (half, half))  # (B, H, D, T + 2w)
+    # scores[:, :, d, i] = q_i . k_{i + d - half}
+    scores = torch.stack(
+        [(q * k_padded[..., d:d + length]).sum(dim=2) for d in range(window_size)], dim=2
+    )  # (B, H, W, T)
+
+    key_valid = F.pad(mask, (half, half), value=False)  # (B, 1, T + 2w)
+    in_range = F.pad(torch.ones_like(mask[:1]), (half, half), value=False)  # (1, 1, T + 2w)
+    key_valid = key_valid.unfold(-1, window_size, 1).transpose(-1, -2)  # (B, 1, W, T)
+    in_range = in_range.unfold(-1, window_size, 1).transpose(-1, -2)  # (1, 1, W, T)
+    zero = scores.new_zeros(())
+    bias = torch.where(key_valid, zero, zero + LOCAL_INVALID_KEY_SCORE)
+    bias = torch.where(in_range, bias, zero + float("-inf"))  # (B, 1, W, T)
+    scores = scores + bias
+    if rel_pe is not None:
+        scores = scores + rel_pe.reshape(1, num_heads, window_size, 1)
+    probs = F.softmax(scores, dim=2)
+    probs = probs.masked_fill(~mask[:, :, None, :], 0.0)  # (B, H, W, T)
+    if dropout is not None:
+        probs = dropout(probs)
+
+    v_padded = F.pad(v, (half, half))  # (B, H, D, T + 2w)
+    out = probs[:, :, 0:1, :] * v_padded[..., 0:length]
+    for d in range(1, window_size):
+        out = out + probs[:, :, d:d + 1, :] * v_padded[..., d:d + length]
+    return out  # (B, H, D, T)
+
+
+class _ConvProjectedAttention(nn.Module):
+    """Shared front end of the conv-attention layers: depthwise conv + LayerNorm, then 1x1 q/k/v.
+
+    ``stride`` > 1 downsamples queries, keys and values alike (depthwise kernel ``stride + 1``).
+    """
+
+    def __init__(self, n_embd: int, n_head: int, stride: int, attn_pdrop: float, proj_pdrop: float) -> None:
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"embedding dim {n_embd} is not divisible by n_head {n_head}")
+        if stride != 1 and stride % 2 != 0:
+            raise ValueError(f"attention stride must be 1 or even, got {stride}")
+        self.n_embd = n_embd
+        self.n_head = n_head
+        self.head_dim = n_embd // n_head
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.stride = stride
+        kernel = stride + 1 if stride > 1 else 3
+        self.query_conv = MaskedConv1D(n_embd, n_embd, kernel, stride=stride, groups=n_embd, bias=False)
+        self.query_norm = LayerNorm(n_embd)
+        self.key_conv = MaskedConv1D(n_embd, n_embd, kernel, stride=stride, groups=n_embd, bias=False)
+        self.key_norm = LayerNorm(n_embd)
+        self.value_conv = MaskedConv1D(n_embd, n_embd, kernel, stride=stride, groups=n_embd, bias=False)
+        self.value_norm = LayerNorm(n_embd)
+        self.key = nn.Conv1d(n_embd, n_embd, 1)
+        self.query = nn.Conv1d(n_embd, n_embd, 1)
+        self.value = nn.Conv1d(n_embd, n_embd, 1)
+        self.attn_drop = nn.Dropout(attn_pdrop)
+        self.proj_drop = nn.Dropout(proj_pdrop)
+        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+
+    def _project(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Returns q, k, v ``(B, C, T')`` and their mask ``(B, 1, T')``."""
+        q, out_mask = self.query_conv(x, mask)
+        k, _ = self.key_conv(x, mask)
+        v, _ = self.value_conv(x, mask)
+        q = self.query(self.query_norm(q))
+        k = self.key(self.key_norm(k))
+        v = self.value(self.value_norm(v))
+        return q, k, v, out_mask
+
+    def _output(self, out: Tensor, out_mask: Tensor) -> Tensor:
+        return self.proj_drop(self.proj(out)) * out_mask.to(out.dtype)
+
+
+class MaskedMHCA(_ConvProjectedAttention):
+    """Global multi-head conv-attention (text stem): every valid key is visible."""
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        stride: int = 1,
+        attn_pdrop: float = 0.0,
+        proj_pdrop: float = 0.0,
+        use_sdpa: bool = True,
+    ) -> None:
+        super().__init__(n_embd, n_head, stride, attn_pdrop, proj_pdrop)
+        self.use_sdpa = use_sdpa
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        q, k, v, out_mask = self._project(x, mask)
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        q, k, v = (split_heads(t, self.n_head) for t in (q, k, v))  # (B, H, T', D)
+        out = masked_attention(q, k, v, out_mask, self.scale, dropout_p, self.use_sdpa)
+        return self._output(merge_heads(out), out_mask), out_mask
+
+
+class LocalMaskedMHCA(_ConvProjectedAttention):
+    """Local (windowed) multi-head conv-attention (video stem and pyramid), banded computation."""
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        window_size: int,
+        stride: int = 1,
+        attn_pdrop: float = 0.0,
+        proj_pdrop: float = 0.0,
+        use_rel_pe: bool = False,
+    ) -> None:
+        super().__init__(n_embd, n_head, stride, attn_pdrop, proj_pdrop)
+        if window_size <= 1 or window_size % 2 != 1:
+            raise ValueError(f"local attention needs an odd window size > 1, got {window_size}")
+        self.window_size = window_size
+        if use_rel_pe:
+            self.rel_pe = nn.Parameter(torch.zeros(1, 1, n_head, window_size))
+            nn.init.trunc_normal_(self.rel_pe, std=(2.0 / n_embd) ** 0.5)
+        else:
+            self.register_parameter("rel_pe", None)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        q, k, v, out_mask = self._project(x, mask)
+        batch, channels, length = q.shape
+        # per-head channel-first views (B, H, D, T'): the banded product needs no transposes
+        q, k, v = (t.view(batch, self.n_head, self.head_dim, length) for t in (q, k, v))
+        dropout = self.attn_drop if (self.training and self.attn_drop.p > 0) else None
+        out = banded_attention(q, k, v, out_mask, self.window_size, self.scale, self.rel_pe, dropout)
+        out = out.reshape(batch, channels, length)  # (B, C, T')
+        return self._output(out, out_mask), out_mask
+
+
+class MaskedMHA(nn.Module):
+    """Cross-attention: video positions (queries) attend to the valid text tokens (keys/values)."""
+
+    def __init__(
+        self, n_embd: int, n_head: int, attn_pdrop: float = 0.0, proj_pdrop: float = 0.0, use_sdpa: bool = True
+    ) -> None:
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"embedding dim {n_embd} is not divisible by n_head {n_head}")
+        self.n_head = n_head
+        self.head_dim = n_embd // n_head
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.use_sdpa = use_sdpa
+        self.key = nn.Conv1d(n_embd, n_embd, 1)
+        self.query = nn.Conv1d(n_embd, n_embd, 1)
+        self.value = nn.Conv1d(n_embd, n_embd, 1)
+        self.attn_drop = nn.Dropout(attn_pdrop)
+        self.proj_drop = nn.Dropout(proj_pdrop)
+        self.proj = nn.Conv1d(n_embd, n_embd, 1)
+
+    def forward(self, x: Tensor, x_mask: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
+        """x ``(B, C, T)`` / x_mask ``(B, 1, T)``; context ``(B, C, L)`` / context_mask ``(B, 1, L)``.
+
+        Returns ``(B, C, T)``, zero at invalid video positions.
+        """
+        q = split_heads(self.query(x), self.n_head)  # (B, H, T, D)
+        k = split_heads(self.key(context), self.n_head)  # (B, H, L, D)
+        v = split_heads(self.value(context), self.n_head)
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        out = masked_attention(q, k, v, context_mask, self.scale, dropout_p, self.use_sdpa)  # (B, H, T, D)
+        out = self.proj_drop(self.proj(merge_heads(out)))  # (B, C, T)
+        return out * x_mask.to(out.dtype)

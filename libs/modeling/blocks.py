@@ -1,0 +1,221 @@
+"""Basic layers of the GroundNLQ network: masked convolution, channel-first LayerNorm, position
+table, scalar scale, drop path and the pre-LN transformer block.
+
+Every temporal layer takes and returns ``(x, mask)`` with ``x`` channel-first ``(B, C, T)`` and
+``mask`` bool ``(B, 1, T)`` (True = valid), so padding is explicit everywhere. Parameter names and
+registration order match the reference, so its checkpoints load unchanged.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+def downsample_mask(mask: Tensor, stride: int) -> Tensor:
+    """Nearest-neighbour downsampling of a ``(B, 1, T)`` mask: ``out[i] = mask[stride * i]``.
+
+    Equals the reference's ``F.interpolate(mask, size=T // stride, mode='nearest')``; the valid
+    count becomes ``ceil(n / stride)``.
+    """
+    if stride == 1:
+        return mask
+    return mask[:, :, ::stride]
+
+
+class MaskedConv1D(nn.Module):
+    """``nn.Conv1d`` (held as ``conv``) whose output is zeroed at invalid positions.
+
+    The convolution itself reads the unmasked input, including padded columns (reference
+    behaviour that makes outputs depend on whether a padded column exists, spec 5.6).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: Optional[int] = None,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"MaskedConv1D needs an odd kernel size, got {kernel_size}")
+        if padding is None:
+            padding = kernel_size // 2
+        if padding != kernel_size // 2:
+            raise ValueError(f"MaskedConv1D needs padding = kernel_size // 2, got {padding}")
+        self.stride = stride
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        if bias:
+            nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        if x.shape[-1] % self.stride != 0:
+            raise ValueError(f"sequence length {x.shape[-1]} is not a multiple of the stride {self.stride}")
+        out_mask = downsample_mask(mask, self.stride)  # (B, 1, T // stride)
+        out = self.conv(x)
+        out = out * out_mask.to(out.dtype)  # (B, C_out, T // stride)
+        return out, out_mask
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the channels of a ``(B, C, T)`` tensor (biased variance, eps 1e-5).
+
+    Computed in float32 even under autocast, because low-precision statistics drift. A zero
+    column normalises to ``bias``: padded columns are therefore not zero after it.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1, num_channels, 1))
+        self.bias = nn.Parameter(torch.zeros(1, num_channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or x.shape[1] != self.num_channels:
+            raise ValueError(f"LayerNorm({self.num_channels}) expects (B, {self.num_channels}, T), got {tuple(x.shape)}")
+        low_precision = x.dtype in (torch.float16, torch.bfloat16)
+        stats_input = x.float() if low_precision else x
+        centred = stats_input - stats_input.mean(dim=1, keepdim=True)
+        variance = (centred * centred).mean(dim=1, keepdim=True)
+        out = centred / torch.sqrt(variance + self.eps)
+        out = out * self.weight + self.bias
+        return out.to(x.dtype) if low_precision else out
+
+
+def sinusoid_table(num_positions: int, dim: int) -> Tensor:
+    """Sinusoid position table ``(1, dim, num_positions)`` float32.
+
+    Channel ``j`` at position ``p``: angle ``p / 10000^(2 floor(j/2) / dim)``, sin for even ``j``,
+    cos for odd ``j``; computed in float64 then rounded, as the reference does with NumPy.
+    """
+    position = torch.arange(num_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    channel = torch.arange(dim, dtype=torch.float64)
+    inv_freq = 1.0 / torch.pow(torch.tensor(10000.0, dtype=torch.float64), 2.0 * torch.div(channel, 2, rounding_mode="floor") / dim)
+    angle = position * inv_freq[None, :]  # (P, C)
+    table = torch.empty_like(angle)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.to(torch.float32).t().unsqueeze(0).contiguous()  # (1, C, P)
+
+
+class Scale(nn.Module):
+    """A learnable scalar ``scale`` (init 1) multiplying its input (per-level regression scale)."""
+
+    def __init__(self, init_value: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(init_value, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+def drop_path(x: Tensor, drop_prob: float = 0.0, training: bool = False) -> Tensor:
+    """Stochastic depth per sample: drop whole samples with probability ``drop_prob``, rescale the rest."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1.0 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    keep = torch.floor(keep_prob + torch.rand(shape, dtype=x.dtype, device=x.device))  # (B, 1, 1)
+    return x.div(keep_prob) * keep
+
+
+class AffineDropPath(nn.Module):
+    """LayerScale (per-channel ``scale``, init 1e-4) followed by drop path.
+
+    ``drop_prob`` may be changed after construction (the golden fixtures set it to 0).
+    """
+
+    def __init__(self, num_dim: int, drop_prob: float = 0.0, init_scale_value: float = 1e-4) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(init_scale_value * torch.ones(1, num_dim, 1))
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(self.scale * x, self.drop_prob, self.training)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN transformer block with optional stride-2 pooling and optional cross-attention.
+
+    1. ``a = attn(ln1(x))``; ``h = skip(x) * m' + drop_path_attn(a)`` (skip: identity or max-pool
+       of the unmasked input);
+    2. cross blocks: ``h = h * m' + drop_path_attn(cross_attn(ln3(h), ln3(text)))`` -- the same
+       ``ln3`` for video and text and the same ``drop_path_attn`` scale, as in the reference;
+    3. ``h = h + drop_path_mlp(mlp(ln2(h)) * m')``.
+    """
+
+    def __init__(
+        self,
+        n_embd: int,
+        n_head: int,
+        stride: int = 1,
+        window_size: int = -1,
+        cross_attention: bool = False,
+        attn_pdrop: float = 0.0,
+        proj_pdrop: float = 0.0,
+        path_pdrop: float = 0.0,
+        use_rel_pe: bool = False,
+        use_sdpa: bool = True,
+        mlp_ratio: int = 4,
+    ) -> None:
+        super().__init__()
+        # imported here: attention.py builds on MaskedConv1D / LayerNorm defined above
+        from .attention import LocalMaskedMHCA, MaskedMHA, MaskedMHCA
+
+        self.ln1 = LayerNorm(n_embd)
+        self.ln2 = LayerNorm(n_embd)
+        if window_size > 1:
+            self.attn = LocalMaskedMHCA(
+                n_embd, n_head, window_size, stride=stride,
+                attn_pdrop=attn_pdrop, proj_pdrop=proj_pdrop, use_rel_pe=use_rel_pe,
+            )
+        else:
+            self.attn = MaskedMHCA(
+                n_embd, n_head, stride=stride, attn_pdrop=attn_pdrop, proj_pdrop=proj_pdrop, use_sdpa=use_sdpa
+            )
+        self.cross_attention = cross_attention
+        if cross_attention:
+            self.cross_attn = MaskedMHA(n_embd, n_head, attn_pdrop=attn_pdrop, proj_pdrop=proj_pdrop, use_sdpa=use_sdpa)
+            self.ln3 = LayerNorm(n_embd)
+        if stride > 1:
+            self.pool_skip = nn.MaxPool1d(stride + 1, stride=stride, padding=(stride + 1) // 2)
+        else:
+            self.pool_skip = nn.Identity()
+        hidden = mlp_ratio * n_embd
+        self.mlp = nn.Sequential(
+            nn.Conv1d(n_embd, hidden, 1),
+            nn.GELU(),
+            nn.Dropout(proj_pdrop),
+            nn.Conv1d(hidden, n_embd, 1),
+            nn.Dropout(proj_pdrop),
+        )
+        if path_pdrop > 0.0:
+            self.drop_path_attn = AffineDropPath(n_embd, drop_prob=path_pdrop)
+            self.drop_path_mlp = AffineDropPath(n_embd, drop_prob=path_pdrop)
+        else:
+            self.drop_path_attn = nn.Identity()
+            self.drop_path_mlp = nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        text: Optional[Tensor] = None,
+        text_mask: Optional[Tensor] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        out, out_mask = self.attn(self.ln1(x), mask)
+        valid = out_mask.to(out.dtype)  # (B, 1, T')
+        out = self.pool_skip(x) * valid + self.drop_path_attn(out)
+        if self.cross_attention and text is not None:
+            cross = self.cross_attn(self.ln3(out), out_mask, self.ln3(text), text_mask)
+            out = out * valid + self.drop_path_attn(cross)
+        out = out + self.drop_path_mlp(self.mlp(self.ln2(out)) * valid)
+        return out, out_mask

@@ -1,0 +1,98 @@
+"""Classification and regression heads, shared across pyramid levels (spec 5.3).
+
+Both: ``num_layers - 1`` masked k-conv + LayerNorm + ReLU layers, then the output conv. The
+classifier's bias starts at the prior ``-log((1 - p) / p)``; the regression output is scaled per
+level (``scale.l``) and passed through ReLU, giving offsets in units of the level's stride.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import LayerNorm, MaskedConv1D, Scale
+
+Tensor = torch.Tensor
+
+
+def prior_bias(prior_prob: float) -> float:
+    """Logit of the prior probability: ``-log((1 - p) / p)`` (-4.59512 for p = 0.01)."""
+    return -math.log((1.0 - prior_prob) / prior_prob)
+
+
+def _conv_stack(
+    input_dim: int, feat_dim: int, num_layers: int, kernel_size: int, with_ln: bool
+) -> Tuple[nn.ModuleList, nn.ModuleList]:
+    convs, norms = nn.ModuleList(), nn.ModuleList()
+    for idx in range(num_layers - 1):
+        convs.append(MaskedConv1D(input_dim if idx == 0 else feat_dim, feat_dim, kernel_size, bias=not with_ln))
+        norms.append(LayerNorm(feat_dim) if with_ln else nn.Identity())
+    return convs, norms
+
+
+def _run_stack(x: Tensor, mask: Tensor, convs: nn.ModuleList, norms: nn.ModuleList) -> Tensor:
+    for conv, norm in zip(convs, norms):
+        x, _ = conv(x, mask)
+        x = F.relu(norm(x))
+    return x
+
+
+class ClsHead(nn.Module):
+    """Per-level logits ``(B, num_classes, T_l)`` (channel-first, zero at invalid positions)."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        feat_dim: int,
+        num_classes: int,
+        prior_prob: float = 0.01,
+        num_layers: int = 3,
+        kernel_size: int = 3,
+        with_ln: bool = False,
+        empty_cls: Sequence[int] = (),
+    ) -> None:
+        super().__init__()
+        self.head, self.norm = _conv_stack(input_dim, feat_dim, num_layers, kernel_size, with_ln)
+        self.cls_head = MaskedConv1D(feat_dim, num_classes, kernel_size)
+        nn.init.constant_(self.cls_head.conv.bias, prior_bias(prior_prob))
+        # classes without training data: a near-zero prior keeps them silent (reference)
+        for idx in empty_cls:
+            nn.init.constant_(self.cls_head.conv.bias[idx], prior_bias(1e-6))
+
+    def forward(self, feats: Sequence[Tensor], masks: Sequence[Tensor]) -> List[Tensor]:
+        out = []
+        for x, mask in zip(feats, masks):
+            logits, _ = self.cls_head(_run_stack(x, mask, self.head, self.norm), mask)
+            out.append(logits)  # (B, num_classes, T_l)
+        return out
+
+
+class RegHead(nn.Module):
+    """Per-level offsets ``(B, 2, T_l)`` (left, right) in stride units, non-negative."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        feat_dim: int,
+        fpn_levels: int,
+        num_layers: int = 3,
+        kernel_size: int = 3,
+        with_ln: bool = False,
+    ) -> None:
+        super().__init__()
+        self.fpn_levels = fpn_levels
+        self.head, self.norm = _conv_stack(input_dim, feat_dim, num_layers, kernel_size, with_ln)
+        self.scale = nn.ModuleList([Scale() for _ in range(fpn_levels)])
+        self.offset_head = MaskedConv1D(feat_dim, 2, kernel_size)
+
+    def forward(self, feats: Sequence[Tensor], masks: Sequence[Tensor]) -> List[Tensor]:
+        if len(feats) != self.fpn_levels:
+            raise ValueError(f"RegHead built for {self.fpn_levels} levels, got {len(feats)}")
+        out = []
+        for level, (x, mask) in enumerate(zip(feats, masks)):
+            offsets, _ = self.offset_head(_run_stack(x, mask, self.head, self.norm), mask)
+            out.append(F.relu(self.scale[level](offsets)))  # (B, 2, T_l)
+        return out

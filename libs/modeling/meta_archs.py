@@ -1,0 +1,337 @@
+"""The GroundNLQ model (``"LocPointTransformer"``): glue between batching, backbone, neck, heads,
+targets/losses (train mode) and decoding (eval mode).
+
+Video-centric: each distinct clip of a ``Batch`` is embedded once (convs + position encoding, the
+only query-independent part under early fusion) and expanded to its queries with
+``index_select``; the text branch and everything after run per query.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..core.errors import ConfigError, DataError
+from ..datasets.collate import TEXT_PAD_MODES, VIDEO_PAD_MODES, Batch, collate
+from . import decode, losses, targets
+from .heads import ClsHead, RegHead
+from .models import make_backbone, make_generator, make_neck, register_meta_arch
+
+Tensor = torch.Tensor
+
+# spec section 2: the reference's train_cfg / test_cfg defaults (a config's values override them)
+DEFAULT_TRAIN_CFG: Dict[str, Any] = {
+    "center_sample": "radius",
+    "center_sample_radius": 1.5,
+    "loss_weight": 1.0,
+    "cls_prior_prob": 0.01,
+    "init_loss_norm": 2000,
+    "clip_grad_l2norm": -1,
+    "head_empty_cls": [],
+    "dropout": 0.0,
+    "droppath": 0.1,
+    "label_smoothing": 0.0,
+}
+DEFAULT_TEST_CFG: Dict[str, Any] = {
+    "pre_nms_thresh": 0.001,
+    "pre_nms_topk": 5000,
+    "iou_threshold": 0.1,
+    "min_score": 0.01,
+    "max_seg_num": 1000,
+    "nms_method": "soft",
+    "nms_sigma": 0.5,
+    "duration_thresh": 0.05,
+    "multiclass_nms": True,
+    "ext_score_file": None,
+    "voting_thresh": 0.75,
+}
+LOSS_NORMALIZER_MOMENTUM = 0.9
+
+
+class HeadOutputs(NamedTuple):
+    """Raw head outputs of a batch of Q queries (levels in order 0..L-1)."""
+
+    points: List[Tensor]  # per level (T_l, 4): t, lo, hi, stride
+    fpn_masks: List[Tensor]  # per level (Q, T_l) bool
+    cls_logits: List[Tensor]  # per level (Q, T_l, num_classes)
+    offsets: List[Tensor]  # per level (Q, T_l, 2), stride units
+
+
+@register_meta_arch("LocPointTransformer")
+class LocPointTransformer(nn.Module):
+    """Single-stage point-based temporal grounding (reference ``PtTransformer``).
+
+    Takes the reference's model keyword arguments (``cfg["model"]``) plus this project's
+    ``video_pad_mode`` ("exact" | "reference"), ``text_pad_mode`` ("at_least_one" | "reference")
+    and ``use_sdpa``; see ``libs.datasets.collate`` for the padding rules.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone_type: str = "convTransformer",
+        fpn_type: str = "identity",
+        backbone_arch: Sequence[int] = (2, 2, 2, 0, 6),
+        scale_factor: int = 2,
+        input_vid_dim: int = 2304,
+        input_txt_dim: int = 512,
+        max_seq_len: int = 2560,
+        max_buffer_len_factor: float = 4.0,
+        n_head: int = 4,
+        n_mha_win_size: Union[int, Sequence[int]] = -1,
+        embd_kernel_size: int = 3,
+        embd_dim: int = 512,
+        embd_with_ln: bool = True,
+        fpn_dim: int = 512,
+        fpn_with_ln: bool = True,
+        fpn_start_level: int = 0,
+        head_dim: int = 512,
+        regression_range: Sequence[Sequence[float]] = ((0, 4), (4, 8), (8, 16), (16, 32), (32, 64), (64, 10000)),
+        head_num_layers: int = 3,
+        head_kernel_size: int = 3,
+        head_with_ln: bool = True,
+        use_abs_pe: bool = False,
+        use_rel_pe: bool = False,
+        num_classes: int = 1,
+        train_cfg: Optional[Dict[str, Any]] = None,
+        test_cfg: Optional[Dict[str, Any]] = None,
+        video_pad_mode: str = "exact",
+        text_pad_mode: str = "at_least_one",
+        use_sdpa: bool = True,
+        **unknown: Any,
+    ) -> None:
+        super().__init__()
+        if unknown:
+            raise ConfigError(_unknown_keys_message(unknown))
+        self.train_cfg = {**DEFAULT_TRAIN_CFG, **(train_cfg or {})}
+        self.test_cfg = {**DEFAULT_TEST_CFG, **(test_cfg or {})}
+        _validate(backbone_arch, n_head, embd_dim, num_classes, video_pad_mode, text_pad_mode, self.train_cfg)
+
+        num_levels = 1 + backbone_arch[3] + backbone_arch[4]
+        self.fpn_strides = [scale_factor ** level for level in range(fpn_start_level, num_levels)]
+        if len(regression_range) != len(self.fpn_strides):
+            raise ConfigError(
+                f"model.regression_range: {len(regression_range)} ranges for {len(self.fpn_strides)} pyramid "
+                f"levels (backbone_arch {list(backbone_arch)}, fpn_start_level {fpn_start_level})"
+            )
+        if isinstance(n_mha_win_size, int):
+            window_sizes = [n_mha_win_size] * num_levels
+        else:
+            window_sizes = list(n_mha_win_size)
+            if len(window_sizes) != num_levels:
+                raise ConfigError(f"model.n_mha_win_size: need one window per level ({num_levels}), got {window_sizes}")
+        # strided convolutions need every level's length to be an integer
+        self.pad_multiple = scale_factor ** (num_levels - 1)
+        if max_seq_len % self.pad_multiple != 0:
+            raise ConfigError(
+                f"dataset.max_seq_len: {max_seq_len} must be a multiple of the largest stride {self.pad_multiple}"
+            )
+
+        self.input_vid_dim = input_vid_dim
+        self.input_txt_dim = input_txt_dim
+        self.num_classes = num_classes
+        self.max_seq_len = max_seq_len
+        self.video_pad_mode = video_pad_mode
+        self.text_pad_mode = text_pad_mode
+        self.regression_range = [list(r) for r in regression_range]
+
+        self.backbone = make_backbone(
+            backbone_type,
+            n_vid_in=input_vid_dim,
+            n_txt_in=input_txt_dim,
+            n_embd=embd_dim,
+            n_head=n_head,
+            n_embd_ks=embd_kernel_size,
+            max_len=max_seq_len,
+            arch=tuple(backbone_arch),
+            mha_win_size=window_sizes,
+            scale_factor=scale_factor,
+            with_ln=embd_with_ln,
+            attn_pdrop=0.0,
+            proj_pdrop=self.train_cfg["dropout"],
+            path_pdrop=self.train_cfg["droppath"],
+            use_abs_pe=use_abs_pe,
+            use_rel_pe=use_rel_pe,
+            use_sdpa=use_sdpa,
+        )
+        self.neck = make_neck(
+            fpn_type,
+            in_channels=[embd_dim] * num_levels,
+            out_channel=fpn_dim,
+            scale_factor=scale_factor,
+            start_level=fpn_start_level,
+            with_ln=fpn_with_ln,
+        )
+        self.point_generator = make_generator(
+            "point",
+            max_seq_len=max_seq_len * max_buffer_len_factor,
+            fpn_strides=self.fpn_strides,
+            regression_range=self.regression_range,
+        )
+        self.cls_head = ClsHead(
+            fpn_dim, head_dim, num_classes,
+            prior_prob=self.train_cfg["cls_prior_prob"],
+            num_layers=head_num_layers,
+            kernel_size=head_kernel_size,
+            with_ln=head_with_ln,
+            empty_cls=self.train_cfg["head_empty_cls"],
+        )
+        self.reg_head = RegHead(
+            fpn_dim, head_dim, len(self.fpn_strides),
+            num_layers=head_num_layers, kernel_size=head_kernel_size, with_ln=head_with_ln,
+        )
+        # running number of positives; its state is saved by the trainer, not in state_dict
+        self.loss_normalizer = losses.LossNormalizer(self.train_cfg["init_loss_norm"], LOSS_NORMALIZER_MOMENTUM)
+
+    # ------------------------------------------------------------------ batching
+    def prepare_batch(self, inputs: Union[Batch, Sequence[Dict[str, Any]]]) -> Batch:
+        """A ``Batch`` on the model's device; a list of item dicts is collated with the model's padding."""
+        if isinstance(inputs, Batch):
+            batch = inputs
+        else:
+            batch = collate(
+                inputs,
+                max_seq_len=self.max_seq_len,
+                pad_multiple=self.pad_multiple,
+                video_pad_mode=self.video_pad_mode,
+                text_pad_mode=self.text_pad_mode,
+                is_training=self.training,
+            )
+        param = next(self.parameters())
+        if batch.videos.device != param.device:
+            batch = batch.to(param.device)
+        if batch.videos.dtype != param.dtype:  # e.g. a float64 model for numerical checks
+            batch = dataclasses.replace(batch, videos=batch.videos.to(param.dtype), texts=batch.texts.to(param.dtype))
+        if batch.videos.shape[1] != self.input_vid_dim or batch.texts.shape[1] != self.input_txt_dim:
+            raise DataError(
+                f"batch of {batch.query_ids[:3]}...: video/text features have {batch.videos.shape[1]}/"
+                f"{batch.texts.shape[1]} channels, the model expects input_vid_dim {self.input_vid_dim} / "
+                f"input_txt_dim {self.input_txt_dim}"
+            )
+        if batch.videos.shape[-1] % self.pad_multiple != 0:
+            raise DataError(
+                f"padded video length {batch.videos.shape[-1]} is not a multiple of {self.pad_multiple} "
+                "(collate with pad_multiple=model.pad_multiple)"
+            )
+        return batch
+
+    # ------------------------------------------------------------------ network
+    def forward_heads(self, batch: Batch) -> HeadOutputs:
+        """Backbone, neck and heads; outputs permuted to ``(Q, T_l, C)`` as the reference does."""
+        video, video_mask = self.backbone.embed_video(batch.videos, batch.video_masks)  # (V, C, T)
+        video = video.index_select(0, batch.video_index)  # (Q, C, T)
+        video_mask = video_mask.index_select(0, batch.video_index)  # (Q, 1, T)
+        text, text_mask = self.backbone.encode_text(batch.texts, batch.text_masks)  # (Q, C, L)
+        feats, masks = self.backbone.fuse(video, video_mask, text, text_mask)
+        fpn_feats, fpn_masks = self.neck(feats, masks)
+        points = self.point_generator(fpn_feats)
+        cls_logits = self.cls_head(fpn_feats, fpn_masks)
+        offsets = self.reg_head(fpn_feats, fpn_masks)
+        return HeadOutputs(
+            points=points,
+            fpn_masks=[m.squeeze(1) for m in fpn_masks],
+            cls_logits=[x.permute(0, 2, 1) for x in cls_logits],
+            offsets=[x.permute(0, 2, 1) for x in offsets],
+        )
+
+    def forward(
+        self, inputs: Union[Batch, Sequence[Dict[str, Any]]]
+    ) -> Union[Dict[str, Tensor], List[Dict[str, Any]]]:
+        """Train mode: ``{"cls_loss", "reg_loss", "final_loss"}``; eval mode: per-query result dicts
+        ``{video_id, query_id, segments (K, 2) s, scores (K,), labels (K,)}``."""
+        batch = self.prepare_batch(inputs)
+        outputs = self.forward_heads(batch)
+        if self.training:
+            return self.compute_losses(batch, outputs)
+        return self.inference(batch, outputs)
+
+    # ------------------------------------------------------------------ train / eval tails
+    def compute_losses(self, batch: Batch, outputs: HeadOutputs) -> Dict[str, Tensor]:
+        """Label assignment and losses (updates the loss normaliser)."""
+        if batch.segments is None or batch.labels is None:
+            raise DataError(f"training needs ground-truth windows; batch of queries {batch.query_ids} has none")
+        for query_id, labels in zip(batch.query_ids, batch.labels):
+            if labels.shape[-1] != self.num_classes:
+                raise DataError(
+                    f"query {query_id!r}: one_hot_labels has {labels.shape[-1]} classes, model num_classes is "
+                    f"{self.num_classes}"
+                )
+        with torch.no_grad():
+            gt_cls, gt_offsets = targets.assign_labels(
+                torch.cat(outputs.points, dim=0),
+                batch.segments,
+                batch.labels,
+                self.train_cfg["center_sample"],
+                self.train_cfg["center_sample_radius"],
+            )
+        return losses.compute_losses(
+            outputs.fpn_masks,
+            outputs.cls_logits,
+            outputs.offsets,
+            gt_cls,
+            gt_offsets,
+            self.loss_normalizer,
+            self.train_cfg["label_smoothing"],
+            self.train_cfg["loss_weight"],
+        )
+
+    @torch.no_grad()
+    def inference(self, batch: Batch, outputs: HeadOutputs) -> List[Dict[str, Any]]:
+        """Decode candidates, NMS, seconds."""
+        candidates = decode.decode_candidates(
+            outputs.points,
+            outputs.fpn_masks,
+            outputs.cls_logits,
+            outputs.offsets,
+            self.test_cfg["pre_nms_thresh"],
+            self.test_cfg["pre_nms_topk"],
+            self.test_cfg["duration_thresh"],
+        )
+        return decode.postprocess(candidates, batch.meta, self.test_cfg)
+
+    def set_drop_path(self, prob: float) -> None:
+        """Set every drop-path probability (0 makes train mode deterministic; LayerScale stays)."""
+        for module in self.modules():
+            if hasattr(module, "drop_prob"):
+                module.drop_prob = prob
+
+
+def _unknown_keys_message(unknown: Dict[str, Any]) -> str:
+    known = [p for p in inspect.signature(LocPointTransformer.__init__).parameters if p not in ("self", "unknown")]
+    parts = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, known, n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"model: unknown key(s) {', '.join(parts)}"
+
+
+def _validate(
+    backbone_arch: Sequence[int],
+    n_head: int,
+    embd_dim: int,
+    num_classes: int,
+    video_pad_mode: str,
+    text_pad_mode: str,
+    train_cfg: Dict[str, Any],
+) -> None:
+    if len(backbone_arch) != 5 or any(int(n) < 0 for n in backbone_arch):
+        raise ConfigError(
+            "model.backbone_arch: expected 5 non-negative counts [embd_convs, text_stem, video_stem, "
+            f"branch_cross, branch_plain], got {list(backbone_arch)}"
+        )
+    if embd_dim % n_head != 0:
+        raise ConfigError(f"model.embd_dim {embd_dim} must be divisible by model.n_head {n_head}")
+    if num_classes <= 0:
+        raise ConfigError(f"model.num_classes: expected a positive count, got {num_classes}")
+    if video_pad_mode not in VIDEO_PAD_MODES:
+        raise ConfigError(f"model.video_pad_mode: expected one of {VIDEO_PAD_MODES}, got {video_pad_mode!r}")
+    if text_pad_mode not in TEXT_PAD_MODES:
+        raise ConfigError(f"model.text_pad_mode: expected one of {TEXT_PAD_MODES}, got {text_pad_mode!r}")
+    if train_cfg["center_sample"] not in targets.CENTER_SAMPLE_MODES:
+        raise ConfigError(
+            f"train_cfg.center_sample: expected one of {targets.CENTER_SAMPLE_MODES}, got {train_cfg['center_sample']!r}"
+        )
