@@ -73,6 +73,9 @@ DEFAULTS: dict[str, Any] = {
         "feature_cache_mb": 0,
         # (ours) what training does with clips longer than max_seq_len: "crop" | "error"
         "long_clip_policy": "crop",
+        # (ours) text encoder that made the text features ("minilm" | "clip" | None = unknown);
+        # the predictor uses it to encode new questions the same way
+        "text_encoder": None,
         # (ours) accepted for the reference's scratch/star configs and ignored (ActionFormer cropping)
         "trunc_thresh": None,
         "crop_ratio": None,
