@@ -1,0 +1,97 @@
+"""Distributed helpers: the only module that calls ``torch.distributed``.
+
+Every function also works without a process group (one process): rank 0, world size 1, no-ops.
+Processes are started by ``torchrun`` (env ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``); plain ``python train.py`` is one process.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any, List
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0)) if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def init_distributed(timeout_minutes: int = 30) -> torch.device:
+    """Join the torchrun process group if the environment describes one; return this rank's device.
+
+    Backend: NCCL when CUDA is available (and ``torch.cuda.set_device(LOCAL_RANK)``, which the
+    reference never called), gloo on CPU. Without torchrun's environment: one process, no group.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not is_distributed():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+            **({"device_id": device} if use_cuda else {}),
+        )
+    return device
+
+
+def destroy_distributed() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(value: Any) -> Any:
+    """Mean over ranks of a tensor (returns a tensor on its device) or a number (returns a float)."""
+    if get_world_size() == 1:
+        return value
+    is_tensor = torch.is_tensor(value)
+    t = value.detach().clone() if is_tensor else torch.tensor(float(value), dtype=torch.float64)
+    home = t.device
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":  # NCCL reduces GPU tensors only
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    t = (t / get_world_size()).to(home)
+    return t if is_tensor else float(t.item())
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's ``obj`` (picklable), in rank order."""
+    if get_world_size() == 1:
+        return [obj]
+    out: List[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank."""
+    if get_world_size() == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]

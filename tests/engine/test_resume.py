@@ -1,0 +1,151 @@
+"""Fault tolerance: a training killed with SIGKILL mid-epoch and restarted with ``--resume auto``
+ends with exactly the weights of an uninterrupted run (CPU, one thread, no loader workers)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+TINY_CONFIG = """
+dataset_name: ego4d
+train_split: ['training']
+val_split: ['validation']
+output_folder: {out}
+init_rand_seed: 7
+dataset:
+  json_file: {data}/nlq_val.json
+  train_jsonl_file: {data}/ego4d_nlq_train_v2.jsonl
+  val_jsonl_file: {data}/ego4d_nlq_val_v2.jsonl
+  video_feat_dir: {data}/video_features.h5
+  text_feat_dir: {data}/text_features.h5
+  val_text_feat_dir: {data}/text_features.h5
+  input_vid_dim: 16
+  input_txt_dim: 8
+  max_seq_len: 1024
+  feat_stride: 16.043
+  num_frames: 16.043
+  default_fps: 30
+loader: {{batch_size: 6, num_workers: 0}}
+model:
+  n_mha_win_size: 9
+  backbone_arch: [1, 1, 1, 0, 2]
+  n_head: 2
+  embd_dim: 16
+  fpn_dim: 16
+  head_dim: 16
+  use_abs_pe: true
+  regression_range: [[0, 4], [2, 8], [4, 10000]]
+opt: {{learning_rate: 1.0e-3, epochs: 1, warmup_epochs: 1, weight_decay: 0.05}}
+train_cfg: {{clip_grad_l2norm: 1.0, droppath: 0.1}}
+trainer: {{amp: none, print_freq: 100, snapshot_freq: 2, eval_freq: 0, keep_last: 0}}
+"""
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _train_cmd(config, name, *extra):
+    return [sys.executable, os.path.join(ROOT, "train.py"), config, "--output", name, *extra]
+
+
+def _final_weights(folder):
+    ckpt = torch.load(os.path.join(folder, "epoch_001.pth.tar"), map_location="cpu", weights_only=True)
+    return ckpt["state_dict"], ckpt["state_dict_ema"], ckpt["optimizer"]["state"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run_config(tmp_path_factory):
+    pytest.importorskip("h5py")
+    tmp = tmp_path_factory.mktemp("resume")
+    data = tmp / "demo"
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_demo_data.py"), "--out", str(data),
+                    "--num-train-clips", "2", "--num-val-clips", "1", "--num-test-clips", "1",
+                    "--video-dim", "16", "--text-dim", "8"], check=True, cwd=ROOT, env=_env(),
+                   stdout=subprocess.DEVNULL)
+    config = tmp / "tiny.yaml"
+    config.write_text(TINY_CONFIG.format(out=tmp / "out", data=data))
+    return str(config), tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_run_config):
+    """An uninterrupted run (2 epochs); its folder."""
+    config, out = tiny_run_config
+    subprocess.run(_train_cmd(config, "straight"), check=True, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL)
+    return out / "tiny_straight"
+
+
+def test_sigkill_then_resume_auto_is_bit_identical(tiny_run_config, straight_run):
+    config, out = tiny_run_config
+
+    killed = out / "tiny_killed"
+    proc = subprocess.Popen(_train_cmd(config, "killed"), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "snapshot_last.pth").exists():
+        assert proc.poll() is None, "training ended before its first snapshot"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "epoch_001.pth.tar").exists()
+    snapshot = torch.load(killed / "snapshot_last.pth", map_location="cpu", weights_only=True)
+    assert snapshot["progress"]["inner_iter"] > 0, "the kill should land in the middle of an epoch"
+
+    result = subprocess.run(_train_cmd(config, "killed", "--resume", "auto"), cwd=ROOT, env=_env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed from" in result.stdout
+
+    straight, straight_ema, straight_opt = _final_weights(straight_run)
+    resumed, resumed_ema, resumed_opt = _final_weights(killed)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+        assert torch.equal(straight_ema[key], resumed_ema[key]), key
+    for index, state in straight_opt.items():
+        assert torch.equal(state["exp_avg"], resumed_opt[index]["exp_avg"])
+
+
+def test_finetune_reinitialises_heads_and_starts_ema_from_loaded_model(tiny_run_config, straight_run):
+    """The reference's spelling ``--resume CKPT --resume_from_pretrain True`` = ``--pretrained CKPT``."""
+    config, out = tiny_run_config
+    pretrained = straight_run / "epoch_001.pth.tar"
+    subprocess.run(_train_cmd(config, "finetune", "--resume", str(pretrained), "--resume_from_pretrain", "True",
+                              "--opt", "opt.epochs=1", "opt.warmup_epochs=0"),
+                   check=True, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL)
+    loaded = torch.load(pretrained, map_location="cpu", weights_only=True)["state_dict"]
+    tuned = torch.load(out / "tiny_finetune" / "epoch_000.pth.tar", map_location="cpu", weights_only=True)
+    ema = tuned["state_dict_ema"]
+    head_keys = [k for k in loaded if "head" in k]
+    assert head_keys and len(head_keys) < len(loaded)
+    for key, value in loaded.items():
+        if "head" in key or not value.is_floating_point():
+            continue
+        # a few steps of EMA (decay 0.999) away from the loaded backbone, not from a random init
+        assert (ema[key] - value).abs().max() < 1e-3, key
+    assert any((ema[k] - loaded[k]).abs().max() > 1e-3 for k in head_keys if loaded[k].ndim > 1)
+
+
+def test_command_line_parsing_and_errors(tiny_run_config):
+    import train
+
+    args = train.parse_args(["c.yaml", "--resume", "x.pth", "--resume_from_pretrain", "True"])
+    assert (args.pretrained, args.resume) == ("x.pth", None)
+    args = train.parse_args(["c.yaml", "--resume", "x.pth", "--resume_from_pretrain", "False"])
+    assert (args.pretrained, args.resume) == (None, "x.pth")
+    with pytest.raises(SystemExit):
+        train.parse_args(["c.yaml", "--resume_from_pretrain", "maybe"])
+
+    config, _ = tiny_run_config
+    result = subprocess.run(_train_cmd(config, "bad", "--opt", "opt.learning_rat=1"), cwd=ROOT, env=_env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "opt.learning_rat" in lines[0]
