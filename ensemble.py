@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from libs.core.errors import GroundNLQError
+from libs.utils.cli import run_command
 from libs.utils.ensemble import ENSEMBLE_METHODS, ensemble_predictions
 from libs.utils.io import save_json
 from libs.utils.submission import load_prediction_file, validate_submission
@@ -45,14 +45,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except GroundNLQError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ import argparse
 import os
 import sys
 
-from libs.core.errors import ConfigError, GroundNLQError
+from libs.core.errors import ConfigError
+
+from libs.utils.cli import run_command
 from libs.utils.io import save_json
 from libs.utils.metrics import evaluate_predictions, format_metrics_table, load_ground_truth
 from libs.utils.submission import (
@@ -95,10 +97,17 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
         if args.topk < SUBMISSION_TOP_K:
             raise ConfigError(f"--topk {args.topk}: the submission needs at least {SUBMISSION_TOP_K} windows")
         overrides.append(f"test_cfg.max_seg_num={args.topk}")
+    if args.split == "test":
+        # the test split is read through the evaluation slot of the dataset (as the reference's
+        # inference config does); dataset.test_jsonl_file names it, when set
+        cfg = load_config(args.config, overrides=list(args.opt))
+        if cfg["dataset"].get("test_jsonl_file"):
+            overrides.append(f"dataset.val_jsonl_file={cfg['dataset']['test_jsonl_file']}")
     cfg = load_config(args.config, overrides=overrides)
-    records_file = cfg["dataset"].get("val_jsonl_file")
+    key = "val_jsonl_file"
+    records_file = cfg["dataset"].get(key)
     if not records_file or not os.path.isfile(records_file):
-        raise ConfigError(f"{args.config}: dataset.val_jsonl_file {records_file!r} (the split to evaluate) not found")
+        raise ConfigError(f"{args.config}: dataset.{key} {records_file!r} (the split to evaluate) not found")
 
     dataset = make_dataset(cfg["dataset_name"], False, cfg["val_split"], **cfg["dataset"])
     # list-of-items batches: the model collates them with its own padding settings, and the
@@ -149,14 +158,7 @@ def run(args: argparse.Namespace) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except GroundNLQError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

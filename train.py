@@ -25,7 +25,7 @@ import os
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from libs.core.errors import GroundNLQError
+from libs.utils.cli import run_command
 
 logger = logging.getLogger("groundnlq")
 
@@ -216,14 +216,7 @@ def train(args: argparse.Namespace) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        train(args)
-    except GroundNLQError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: train(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libs.core.errors import DataError, GroundNLQError  # noqa: E402
+from libs.core.errors import DataError  # noqa: E402
+
+from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.annotations import concat_jsonl  # noqa: E402
 
 INPUT_NAMES = ("ego4d_nlq_train_v2.jsonl", "ego4d_nlq_val_v2.jsonl")
@@ -38,14 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default=None, help="where to write the result (default: --input_dir)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")
     args = parser.parse_args(argv)
-    try:
-        concat_train_val(args.input_dir, args.output_dir or args.input_dir)
-    except GroundNLQError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: concat_train_val(args.input_dir, args.output_dir or args.input_dir), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libs.core.errors import DataError, GroundNLQError  # noqa: E402
+from libs.core.errors import DataError  # noqa: E402
+
+from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.annotations import (  # noqa: E402
     OFFICIAL_SPLIT_FILES, convert_official_file, format_summary, write_jsonl)
 
@@ -50,14 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default=".", help="where to write ego4d_nlq_*_v2.jsonl (default: .)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")
     args = parser.parse_args(argv)
-    try:
-        convert_folder(args.input_file_dir, args.output_dir)
-    except GroundNLQError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: convert_folder(args.input_file_dir, args.output_dir), debug=args.debug)
 
 
 if __name__ == "__main__":

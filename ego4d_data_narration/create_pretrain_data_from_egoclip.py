@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ego4d_data_narration.narration_builder import build_pretrain_records, read_id_list  # noqa: E402
-from libs.core.errors import GroundNLQError  # noqa: E402
+from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.annotations import QUERY_TYPES, write_jsonl  # noqa: E402
 
 
@@ -36,23 +36,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="query_type of the records (default: narration)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")
     args = parser.parse_args(argv)
-    try:
-        available = None
-        if args.available_clips:
-            available = read_id_list(args.available_clips)
-        elif args.video_feat_dir:
-            from libs.datasets.feature_store import open_store
+    return run_command(lambda: build(args), debug=args.debug)
 
-            available = set(open_store(args.video_feat_dir).keys())
-        records = build_pretrain_records(args.egoclip, args.split_files, available, args.query_type)
-        write_jsonl(records, args.output)
-        print(f"wrote {len(records)} records -> {args.output}")
-    except GroundNLQError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+def build(args: argparse.Namespace) -> None:
+    """Build the narration jsonl the arguments describe."""
+    available = None
+    if args.available_clips:
+        available = read_id_list(args.available_clips)
+    elif args.video_feat_dir:
+        from libs.datasets.feature_store import open_store
+
+        available = set(open_store(args.video_feat_dir).keys())
+    records = build_pretrain_records(args.egoclip, args.split_files, available, args.query_type)
+    write_jsonl(records, args.output)
+    print(f"wrote {len(records)} records -> {args.output}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from feature_extraction.store_append import (  # noqa: E402
     VIDEO_FIELD, append_arrays, chunked, resolve_kind, stored_ids)
-from libs.core.errors import ConfigError, DataError, GroundNLQError  # noqa: E402
+from libs.core.errors import ConfigError, DataError  # noqa: E402
+from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.feature_store import open_store  # noqa: E402
 
 DEFAULT_MAX_LEN_DIFF = 2
@@ -133,16 +134,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         summary = concat_stores(args.inputs, args.dst, args.max_len_diff, args.strict, args.dst_kind,
                                 args.dtype, args.chunk_size, progress=not args.no_progress)
-    except GroundNLQError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print("\n".join(summary.lines()))
-    return 0
+        print("\n".join(summary.lines()))
+
+    return run_command(run, debug=args.debug)
 
 
 if __name__ == "__main__":

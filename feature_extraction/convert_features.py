@@ -18,7 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from feature_extraction.store_append import VIDEO_FIELD, resolve_kind  # noqa: E402
-from libs.core.errors import GroundNLQError  # noqa: E402
+from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.feature_store import copy_store, open_store  # noqa: E402
 
 
@@ -56,16 +56,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> None:
         copied, skipped = convert_store(args.src, args.dst, args.dst_kind, args.dtype, args.field,
                                         args.folder_format, progress=not args.no_progress)
-    except GroundNLQError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.src} -> {args.dst}: copied {copied}, skipped {skipped} already present")
-    return 0
+        print(f"{args.src} -> {args.dst}: copied {copied}, skipped {skipped} already present")
+
+    return run_command(run, debug=args.debug)
 
 
 if __name__ == "__main__":

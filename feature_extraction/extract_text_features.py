@@ -22,7 +22,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from feature_extraction.store_append import (  # noqa: E402
     TEXT_FIELD, append_arrays, chunked, resolve_kind, stored_ids)
-from libs.core.errors import ConfigError, DataError, GroundNLQError  # noqa: E402
+from libs.core.errors import ConfigError, DataError  # noqa: E402
+from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.annotations import read_jsonl  # noqa: E402
 from libs.datasets.text_encoders import DEFAULT_BATCH_SIZE, TextEncoder, make_text_encoder  # noqa: E402
 
@@ -92,18 +93,15 @@ def main(argv: Optional[list] = None) -> int:
         options["weights_path"] = args.clip_weights
     elif args.clip_weights:
         print("note: --clip-weights is ignored by --encoder minilm", file=sys.stderr)
-    try:
+
+    def run() -> None:
         encoder = make_text_encoder(args.encoder, **options)
         written, skipped = extract_text_features(query_files, encoder, args.dst, args.dst_kind,
                                                  args.dtype, progress=not args.no_progress)
-    except GroundNLQError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{args.encoder} ({encoder.dim}-d tokens) -> {args.dst}: wrote {written}, "
-          f"skipped {skipped} already present")
-    return 0
+        print(f"{args.encoder} ({encoder.dim}-d tokens) -> {args.dst}: wrote {written}, "
+              f"skipped {skipped} already present")
+
+    return run_command(run, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from libs.core.errors import ConfigError, GroundNLQError  # noqa: E402
+from libs.core.errors import ConfigError  # noqa: E402
+
+from libs.utils.cli import run_command  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,14 +77,7 @@ def run(args: argparse.Namespace) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except GroundNLQError as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run(args), debug=args.debug)
 
 
 if __name__ == "__main__":

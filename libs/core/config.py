@@ -73,6 +73,9 @@ DEFAULTS: dict[str, Any] = {
         "feature_cache_mb": 0,
         # (ours) what training does with clips longer than max_seq_len: "crop" | "error"
         "long_clip_policy": "crop",
+        # (ours) test-split jsonl (no timestamps); `eval.py --split test` evaluates it. None: the
+        # config's val_jsonl_file is taken as the test split (the reference's inference config)
+        "test_jsonl_file": None,
         # (ours) text encoder that made the text features ("minilm" | "clip" | None = unknown);
         # the predictor uses it to encode new questions the same way
         "text_encoder": None,
@@ -253,7 +256,7 @@ DERIVED_MODEL_KEYS = ("input_vid_dim", "input_txt_dim", "num_classes", "max_seq_
 
 # dataset keys that name files or folders (checked with ``check_paths=True``)
 PATH_KEYS = ("json_file", "train_jsonl_file", "val_jsonl_file", "video_feat_dir", "text_feat_dir",
-             "val_text_feat_dir")
+             "val_text_feat_dir", "test_jsonl_file")
 
 # keys whose accepted types are wider than their default's
 _EXTRA_TYPES: dict[tuple[str, ...], tuple[type, ...]] = {
