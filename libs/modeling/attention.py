@@ -110,6 +110,72 @@ def banded_attention(
     return out  # (B, H, D, T)
 
 
+# queries per block of the blocked local attention: each block is one (c, c + window - 1) matrix
+# product; 32 balanced product size against the out-of-band waste on a 2-core CPU (measured)
+LOCAL_ATTENTION_BLOCK = 32
+
+
+def blocked_local_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    window_size: int,
+    scale: float,
+    rel_pe: Optional[Tensor] = None,
+    dropout: Optional[nn.Module] = None,
+    block_size: int = LOCAL_ATTENTION_BLOCK,
+) -> Tensor:
+    """The same local attention as :func:`banded_attention`, computed with matrix products.
+
+    Queries are cut into blocks of ``block_size``; each block multiplies against the
+    ``block_size + window_size - 1`` keys its band can reach, and out-of-band entries get
+    ``-inf`` (exactly zero weight), so the result equals the banded one up to summation order.
+    Why: ``window_size`` shifted elementwise products are memory-bound, a small GEMM per block is
+    not (about 2x faster on CPU); memory stays linear in T. Query rows past T (block padding)
+    keep their band finite so that the softmax backward never sees an all ``-inf`` row.
+    Shapes as :func:`banded_attention`: q / k / v ``(B, H, D, T)``, mask ``(B, 1, T)``.
+    """
+    batch, num_heads, head_dim, length = q.shape
+    half = window_size // 2
+    block = block_size  # fixed, even past T: the same GEMM shapes (and rounding) for every length
+    num_blocks = -(-length // block)
+    tail = num_blocks * block - length
+    span = block + 2 * half
+    device = q.device
+
+    def key_windows(x: Tensor) -> Tensor:  # (B, H, D, T) -> overlapping (B, H, n, D, c + 2w)
+        return F.pad(x, (half, tail + half)).unfold(-1, span, block).transpose(2, 3)
+
+    q_blocks = F.pad(q * scale, (0, tail)).view(batch, num_heads, head_dim, num_blocks, block)
+    q_blocks = q_blocks.permute(0, 1, 3, 4, 2)  # (B, H, n, c, D)
+    scores = torch.matmul(q_blocks, key_windows(k))  # (B, H, n, c, c + 2w)
+
+    rows = torch.arange(block, device=device)[:, None]
+    cols = torch.arange(span, device=device)[None, :]
+    in_band = (cols >= rows) & (cols <= rows + 2 * half)  # (c, c + 2w): key = query + col - row - w
+    key_pos = torch.arange(num_blocks, device=device)[:, None] * block + cols - half  # (n, c + 2w)
+    in_range = (key_pos >= 0) & (key_pos < length)
+    query_pad = (torch.arange(num_blocks * block, device=device) >= length).view(num_blocks, block, 1)
+    allowed = in_band & (in_range[:, None, :] | query_pad)  # (n, c, c + 2w)
+    key_valid = F.pad(mask, (half, tail + half), value=False).unfold(-1, span, block)  # (B, 1, n, c + 2w)
+    zero = scores.new_zeros(())
+    bias = torch.where(key_valid, zero, zero + LOCAL_INVALID_KEY_SCORE)[:, :, :, None, :]
+    bias = torch.where(allowed, bias, zero + float("-inf"))  # (B, 1, n, c, c + 2w)
+    scores = scores + bias
+    if rel_pe is not None:
+        offset = (cols - rows).clamp(0, window_size - 1)  # (c, c + 2w): window offset of each entry
+        scores = scores + rel_pe.reshape(num_heads, window_size)[:, offset][None, :, None]
+    probs = F.softmax(scores, dim=-1)
+    query_valid = F.pad(mask, (0, tail), value=False).view(batch, 1, num_blocks, block, 1)
+    probs = probs.masked_fill(~query_valid, 0.0)  # (B, H, n, c, c + 2w)
+    if dropout is not None:
+        probs = dropout(probs)
+    out = torch.matmul(probs, key_windows(v).transpose(-1, -2))  # (B, H, n, c, D)
+    out = out.permute(0, 1, 4, 2, 3).reshape(batch, num_heads, head_dim, num_blocks * block)
+    return out[..., :length]  # (B, H, D, T)
+
+
 class _ConvProjectedAttention(nn.Module):
     """Shared front end of the conv-attention layers: depthwise conv + LayerNorm, then 1x1 q/k/v.
 
@@ -179,7 +245,11 @@ class MaskedMHCA(_ConvProjectedAttention):
 
 
 class LocalMaskedMHCA(_ConvProjectedAttention):
-    """Local (windowed) multi-head conv-attention (video stem and pyramid), banded computation."""
+    """Local (windowed) multi-head conv-attention (video stem and pyramid).
+
+    ``blocked`` picks the kernel: block matrix products or shifted products (default); both give
+    the reference's numbers (they differ by summation order only).
+    """
 
     def __init__(
         self,
@@ -190,8 +260,11 @@ class LocalMaskedMHCA(_ConvProjectedAttention):
         attn_pdrop: float = 0.0,
         proj_pdrop: float = 0.0,
         use_rel_pe: bool = False,
+        blocked: bool = False,
     ) -> None:
         super().__init__(n_embd, n_head, stride, attn_pdrop, proj_pdrop)
+        # True: blocked_local_attention (fast); False: banded_attention (shifted products)
+        self.blocked = blocked
         if window_size <= 1 or window_size % 2 != 1:
             raise ValueError(f"local attention needs an odd window size > 1, got {window_size}")
         self.window_size = window_size
@@ -207,7 +280,8 @@ class LocalMaskedMHCA(_ConvProjectedAttention):
         # per-head channel-first views (B, H, D, T'): the banded product needs no transposes
         q, k, v = (t.view(batch, self.n_head, self.head_dim, length) for t in (q, k, v))
         dropout = self.attn_drop if (self.training and self.attn_drop.p > 0) else None
-        out = banded_attention(q, k, v, out_mask, self.window_size, self.scale, self.rel_pe, dropout)
+        kernel = blocked_local_attention if self.blocked else banded_attention
+        out = kernel(q, k, v, out_mask, self.window_size, self.scale, self.rel_pe, dropout)
         out = out.reshape(batch, channels, length)  # (B, C, T')
         return self._output(out, out_mask), out_mask
 

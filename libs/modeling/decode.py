@@ -139,7 +139,10 @@ def postprocess(
         meta: per query ``video_id, query_id, duration, fps, feat_stride, feat_num_frames``.
         test_cfg: the reference's NMS keys (``nms_method`` soft/hard/none, ``iou_threshold``,
             ``min_score``, ``max_seg_num``, ``nms_sigma``, ``multiclass_nms``, ``voting_thresh``) and
-            optionally ``half_window_offset`` (default True, the reference's conversion).
+            optionally ``half_window_offset`` (default True, the reference's conversion),
+            ``nms_backend`` (default "auto") and ``nms_early_stop`` (default True: stop each NMS
+            after ``max_seg_num`` selections, exact; False runs over every candidate, as the
+            reference).
 
     Returns per query ``{video_id, query_id, segments (K, 2) s, scores (K,), labels (K,)}``.
     """
@@ -168,6 +171,8 @@ def postprocess(
                 multiclass=test_cfg["multiclass_nms"],
                 sigma=test_cfg["nms_sigma"],
                 voting_thresh=test_cfg["voting_thresh"],
+                backend=test_cfg.get("nms_backend", "auto"),
+                early_stop=bool(test_cfg.get("nms_early_stop", True)),
             )
         if segments.shape[0] > 0:
             segments = grid_to_seconds(

@@ -1,10 +1,14 @@
-"""The fast paths equal the explicit ones: fused SDPA, banded local attention (linear memory),
+"""The fast paths equal the explicit ones: fused SDPA, banded and blocked local attention
+(linear memory), video-centric batches (train and eval), NMS early stop, torch.compile,
 autocast; and the full-size finetune model runs forward + backward at T = 2560."""
+import copy
+
 import pytest
 import torch
 
+from libs.core.errors import ConfigError
 from libs.modeling import make_meta_arch
-from libs.modeling.attention import LocalMaskedMHCA
+from libs.modeling.attention import LocalMaskedMHCA, banded_attention, blocked_local_attention
 
 SMALL = dict(
     backbone_arch=[2, 2, 2, 2, 1], input_vid_dim=6, input_txt_dim=5, max_seq_len=64, n_head=2,
@@ -97,3 +101,186 @@ def test_full_finetune_model_forward_backward_at_max_length():
     losses["final_loss"].backward()
     assert torch.isfinite(losses["final_loss"])
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- blocked local attention
+def _shifted_and_blocked(length, valid, window, block_size, dtype=torch.float64):
+    torch.manual_seed(length * 31 + window)
+    q, k, v = (torch.randn(3, 2, 4, length, dtype=dtype, requires_grad=True) for _ in range(3))
+    mask = torch.arange(length)[None, None, :] < torch.tensor([length, valid, 1])[:, None, None]
+    rel_pe = torch.randn(1, 1, 2, window, dtype=dtype)
+    shifted = banded_attention(q, k, v, mask, window, 0.5, rel_pe)
+    blocked = blocked_local_attention(q, k, v, mask, window, 0.5, rel_pe, block_size=block_size)
+    return (q, k, v), shifted, blocked
+
+
+@pytest.mark.parametrize("length,valid,window,block_size", [
+    (16, 16, 9, 4), (13, 9, 9, 4), (5, 3, 9, 64), (1, 1, 3, 4), (24, 20, 5, 7), (130, 100, 9, 32),
+])
+def test_blocked_local_attention_equals_shifted_products_with_gradients(length, valid, window, block_size):
+    """Block GEMMs with -inf outside the band give the banded result (float64: to 1e-12), and
+    finite gradients although the last block has query rows past T."""
+    inputs, shifted, blocked = _shifted_and_blocked(length, valid, window, block_size)
+    assert torch.allclose(blocked, shifted, atol=1e-12)
+    grads_shifted = torch.autograd.grad(shifted.square().sum(), inputs)
+    grads_blocked = torch.autograd.grad(blocked.square().sum(), inputs)
+    for a, b in zip(grads_shifted, grads_blocked):
+        assert torch.isfinite(b).all() and torch.allclose(a, b, atol=1e-12)
+
+
+def test_blocked_attention_model_matches_shifted_model_in_float32():
+    torch.manual_seed(0)
+    blocked = make_meta_arch("LocPointTransformer", **SMALL, use_blocked_attention=True).eval()
+    shifted = make_meta_arch("LocPointTransformer", **SMALL, use_blocked_attention=False).eval()
+    shifted.load_state_dict(blocked.state_dict())
+    assert list(blocked.state_dict()) == list(shifted.state_dict())
+    with torch.no_grad():
+        a = blocked.forward_heads(blocked.prepare_batch(items()))
+        b = shifted.forward_heads(shifted.prepare_batch(items()))
+    for x, y, mask in zip(a.cls_logits + a.offsets, b.cls_logits + b.offsets, a.fpn_masks + a.fpn_masks):
+        assert ((x - y) * mask[..., None]).abs().max() <= 1e-5
+
+
+# ---------------------------------------------------------------- video-centric batches
+def _clip_queries(num_queries=4):
+    """Several queries of one clip (same features), texts of different lengths."""
+    torch.manual_seed(11)
+    feats = torch.randn(6, 37)
+    out = []
+    for i in range(num_queries):
+        out.append({
+            "video_id": "clip", "feats": feats, "fps": 30, "duration": 18.0, "feat_stride": 16.043,
+            "feat_num_frames": 16.043, "segments": torch.tensor([[2.0 + i, 9.5 + 2 * i]], dtype=torch.float64),
+            "one_hot_labels": torch.ones(1, 1, dtype=torch.int64), "query_id": f"clip_{i}", "query": "",
+            "query_feats": torch.randn(5, 3 + i),
+        })
+    return out
+
+
+def _reference_model(**extra):
+    return make_meta_arch(
+        "LocPointTransformer", **SMALL, video_pad_mode="reference", use_sdpa=False,
+        use_blocked_attention=False, **extra,
+    )
+
+
+def test_one_clip_batch_gives_each_query_its_reference_outputs():
+    """All queries of a clip in one batch (video embedded once, exact padding, blocked attention)
+    equal each query run alone through the reference settings (padded to max_seq_len), on
+    valid positions. Text is padded by at least one column in both, so no batch dependence."""
+    torch.manual_seed(0)
+    fast = make_meta_arch("LocPointTransformer", **SMALL, use_blocked_attention=True).eval()
+    reference = _reference_model().eval()
+    reference.load_state_dict(fast.state_dict())
+    queries = _clip_queries()
+    with torch.no_grad():
+        batch = fast.prepare_batch(queries)
+        assert batch.num_videos == 1 and batch.videos.shape[-1] < 64
+        together = fast.forward_heads(batch)
+        for row, item in enumerate(queries):
+            alone = reference.forward_heads(reference.prepare_batch([item]))
+            for level, (x, y) in enumerate(zip(together.cls_logits + together.offsets, alone.cls_logits + alone.offsets)):
+                length = x.shape[1]
+                valid = together.fpn_masks[level % len(together.fpn_masks)][row]
+                assert ((x[row] - y[0, :length]) * valid[:, None]).abs().max() <= 1e-5
+                assert not alone.fpn_masks[level % len(alone.fpn_masks)][0, length:].any()
+
+
+def test_training_with_shared_video_rows_gives_reference_losses_and_gradients():
+    """Loss and gradients of a one-clip batch (one video row expanded to 4 queries) equal those
+    of the reference settings with one row per query, padded to max_seq_len."""
+    torch.manual_seed(0)
+    fast = make_meta_arch("LocPointTransformer", **SMALL, use_blocked_attention=True).train()
+    reference = _reference_model().train()
+    reference.load_state_dict(fast.state_dict())
+    queries = _clip_queries()
+    separate = [dict(item, video_id=f"clip#{i}") for i, item in enumerate(queries)]  # one row each
+    shared_batch = fast.prepare_batch(queries)
+    separate_batch = reference.prepare_batch(separate)
+    assert shared_batch.num_videos == 1 and separate_batch.num_videos == 4
+    got = fast(shared_batch)
+    want = reference(separate_batch)
+    for key in ("cls_loss", "reg_loss", "final_loss"):
+        assert abs(got[key].item() - want[key].item()) <= 1e-6
+    grads_fast = torch.autograd.grad(got["final_loss"], list(fast.parameters()))
+    grads_ref = torch.autograd.grad(want["final_loss"], list(reference.parameters()))
+    for a, b in zip(grads_fast, grads_ref):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_eval_results_of_a_clip_batch_equal_one_query_at_a_time():
+    torch.manual_seed(0)
+    model = make_meta_arch("LocPointTransformer", **SMALL, test_cfg={"max_seg_num": 5, "min_score": 0.001}).eval()
+    queries = _clip_queries()
+    with torch.no_grad():
+        together = model(queries)
+        alone = [model([item])[0] for item in queries]
+    for a, b in zip(together, alone):
+        assert a["query_id"] == b["query_id"]
+        assert torch.allclose(a["segments"], b["segments"], atol=1e-4)
+        assert torch.allclose(a["scores"], b["scores"], atol=1e-6)
+
+
+# ---------------------------------------------------------------- NMS early stop is wired
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_test_cfg_nms_early_stop_reaches_batched_nms(monkeypatch, early_stop):
+    import libs.utils.nms as nms
+
+    seen = []
+    real = nms.batched_nms
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("early_stop"), kwargs.get("backend")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nms, "batched_nms", spy)
+    torch.manual_seed(0)
+    model = make_meta_arch(
+        "LocPointTransformer", **SMALL,
+        test_cfg={"nms_early_stop": early_stop, "nms_backend": "torch", "max_seg_num": 5},
+    ).eval()
+    with torch.no_grad():
+        results = model(items())
+    assert seen == [(early_stop, "torch")] * 3
+    assert all(r["scores"].shape[0] <= 5 for r in results)
+
+
+def test_nms_early_stop_gives_the_same_results_as_the_full_run():
+    torch.manual_seed(0)
+    cfg = {"max_seg_num": 5, "min_score": 0.001, "nms_sigma": 0.75}
+    early = make_meta_arch("LocPointTransformer", **SMALL, test_cfg={**cfg, "nms_early_stop": True}).eval()
+    full = make_meta_arch("LocPointTransformer", **SMALL, test_cfg={**cfg, "nms_early_stop": False}).eval()
+    full.load_state_dict(early.state_dict())
+    with torch.no_grad():
+        for a, b in zip(early(items()), full(items())):
+            assert torch.equal(a["segments"], b["segments"]) and torch.equal(a["scores"], b["scores"])
+
+
+# ---------------------------------------------------------------- torch.compile switch
+def test_compile_switch_is_validated():
+    with pytest.raises(ConfigError, match="model.compile"):
+        make_meta_arch("LocPointTransformer", **SMALL, compile=3)
+
+
+def test_compiled_network_gives_the_same_outputs_and_state_dict():
+    """``compile`` wraps the network with torch.compile (the cheap "eager" backend here: it
+    checks tracing and wiring; inductor needs a C++ toolchain and minutes on 2 cores)."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    torch.manual_seed(0)
+    plain = make_meta_arch("LocPointTransformer", **SMALL).eval()
+    compiled = make_meta_arch("LocPointTransformer", **SMALL, compile="eager").eval()
+    compiled.load_state_dict(plain.state_dict())
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    dynamo.reset()
+    try:
+        with torch.no_grad():
+            a = plain.forward_heads(plain.prepare_batch(items()))
+            b = compiled.forward_heads(compiled.prepare_batch(items()))
+    except Exception as error:  # pragma: no cover - platform without dynamo support
+        pytest.skip(f"torch.compile unavailable here: {error}")
+    finally:
+        dynamo.reset()
+    for x, y in zip(a.cls_logits + a.offsets, b.cls_logits + b.offsets):
+        assert (x - y).abs().max() <= 1e-5
+    copied = copy.deepcopy(compiled)  # the compiled function is not copied with the model
+    assert "_compiled_network" not in copied.__dict__

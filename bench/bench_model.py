@@ -1,0 +1,308 @@
+"""Model benchmark: reference mode versus fast mode on the finetune config (random weights).
+
+Usage (from the repository root)::
+
+    python bench/bench_model.py            # full: median of 3 repeats after one warm-up
+    python bench/bench_model.py --quick    # within ~3 minutes on 2 cores
+
+Each (task, mode) runs in a fresh subprocess, one after another, so that its peak resident
+memory is its own: ``peak_mb`` = ``ru_maxrss`` at the end minus ``ru_maxrss`` after the model,
+optimizer and inputs were built (torch CPU tensors live in the process heap, so this is the
+memory the steps themselves needed; tracemalloc does not see torch allocations).
+
+Modes (real-length inputs: clips of ``--clip-len`` x 2304 features, ``--queries`` queries per
+clip with 9-15 text tokens x 512):
+
+* ``reference``: every switch at its reference setting: video padded to ``max_seq_len``, text
+  padded to the batch's longest query, explicit softmax attention, shifted-product local
+  attention, soft NMS over every candidate, one query per sample (each query gets its own video
+  row, as the reference reads and embeds the clip once per query).
+* ``fast``: the defaults plus ``use_blocked_attention``: exact padding, text padded by at least
+  one column, SDPA, block-GEMM local attention, NMS early stop, the queries of a clip in one
+  batch sharing one video row.
+
+Training step = forward, loss, backward, gradient clipping (1.0), AdamW, at the same number of
+queries per step in both modes (``--train-queries``, default 2 = the config's batch size; fast:
+two queries of one clip). Inference = forward, decoding and NMS of one clip's queries (reference:
+one row per query). ``max_abs_diff`` = the largest absolute difference between the two modes'
+head outputs (logits and offsets) over valid positions of the inference queries whose text both
+runs padded (the reference batch leaves its longest query unpadded, which changes that query's
+outputs by design, spec 5.6); LayerScale weights are drawn from U(0.5, 1.5) as in the golden
+fixtures, so that attention and text reach the outputs. GFLOPs are
+counted with ``torch.utils.flop_counter`` (matmuls, convolutions, attention) on the warm-up step.
+The last line printed is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+CONFIG = os.path.join(ROOT, "configs", "ego4d_nlq_v2_pretrain_finetune_internvideo_2.5e-5.yaml")
+MODES = ("reference", "fast")
+TASKS = ("train", "infer")
+# model / test_cfg switches of each mode (everything else: the config)
+MODE_MODEL_KEYS = {
+    "reference": {"video_pad_mode": "reference", "text_pad_mode": "reference", "use_sdpa": False,
+                  "use_blocked_attention": False},
+    "fast": {"video_pad_mode": "exact", "text_pad_mode": "at_least_one", "use_sdpa": True,
+             "use_blocked_attention": True},
+}
+MODE_TEST_CFG = {"reference": {"nms_early_stop": False}, "fast": {"nms_early_stop": True}}
+
+
+def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and reference queries (< 3 min)")
+    parser.add_argument("--config", default=CONFIG)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--clip-len", type=int, default=900, help="video features per clip")
+    parser.add_argument("--queries", type=int, default=11, help="queries per clip (inference batch)")
+    parser.add_argument("--train-queries", type=int, default=2, help="queries per training step")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, quick 2)")
+    parser.add_argument("--json-out", default=None, help="also write the JSON summary here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "<task>:<mode>:<out.pt>"
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------- inputs and model
+def make_clip_queries(clip: int, num_queries: int, clip_len: int, share_video: bool) -> List[Dict[str, Any]]:
+    """Dataset items (reference layout) of one synthetic clip: N(0, 1) features, one GT window per
+    query. ``share_video=False`` gives every query its own video id (one row each, as the reference)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1000 + clip)
+    feats = torch.randn(2304, clip_len, generator=gen)  # (C_v, T)
+    items = []
+    for q in range(num_queries):
+        start = float(torch.randint(0, clip_len - 40, (1,), generator=gen))
+        length = float(torch.randint(2, 40, (1,), generator=gen))
+        tokens = int(torch.randint(9, 16, (1,), generator=gen))
+        items.append({
+            "video_id": f"clip{clip}" if share_video else f"clip{clip}#q{q}",
+            "feats": feats, "fps": 30, "duration": clip_len * 16.043 / 30,
+            "feat_stride": 16.043, "feat_num_frames": 16.043,
+            "segments": torch.tensor([[start, start + length]], dtype=torch.float64),
+            "one_hot_labels": torch.ones(1, 1, dtype=torch.int64),
+            "query_id": f"clip{clip}_{q}", "query": "",
+            "query_feats": torch.randn(512, tokens, generator=gen),  # (C_t, L)
+        })
+    return items
+
+
+def build_model(config: str, mode: str):
+    import torch
+
+    from libs.core.config import load_config
+    from libs.modeling import make_meta_arch
+
+    cfg = load_config(config)
+    model_kwargs = dict(cfg["model"])
+    model_kwargs.update(MODE_MODEL_KEYS[mode])
+    model_kwargs["test_cfg"] = {**model_kwargs["test_cfg"], **MODE_TEST_CFG[mode]}
+    torch.manual_seed(0)  # same random weights in both modes
+    model = make_meta_arch(cfg["model_name"], **model_kwargs)
+    # LayerScale starts at 1e-4, which would hide attention and text from the output comparison;
+    # U(0.5, 1.5) as in the golden fixtures makes max_abs_diff see every branch
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("drop_path_attn.scale", "drop_path_mlp.scale")):
+                param.copy_(0.5 + torch.rand(param.shape, generator=gen))
+    return model, cfg
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """One (task, mode) measurement in this process; prints one JSON line."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    task, mode, out_path = args.worker.split(":", 2)
+    torch.set_num_threads(args.threads)
+    model, cfg = build_model(args.config, mode)
+    warmup = 1
+    repeats = args.repeats or (2 if args.quick else 3)
+    result: Dict[str, Any] = {"task": task, "mode": mode}
+
+    if task == "train":
+        model.train()
+        if mode == "fast":  # video-centric: the step's queries come from one clip
+            items = make_clip_queries(0, args.train_queries, args.clip_len, share_video=True)
+        else:  # reference: random queries, i.e. different clips
+            items = [make_clip_queries(c, 1, args.clip_len, share_video=False)[0] for c in range(args.train_queries)]
+        opt_cfg = cfg["opt"]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg["learning_rate"],
+                                      weight_decay=opt_cfg["weight_decay"])
+        clip = float(cfg["train_cfg"]["clip_grad_l2norm"])
+
+        def step() -> None:
+            batch = model.prepare_batch(items)  # collate is part of the step (reference pads here)
+            losses = model(batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses["final_loss"].backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+
+        queries_per_step = len(items)
+    else:
+        model.eval()
+        num = args.queries if (mode == "fast" or not args.quick) else min(args.queries, 4)
+        items = make_clip_queries(0, num, args.clip_len, share_video=(mode == "fast"))
+        captured: Dict[str, Any] = {}
+
+        @torch.no_grad()
+        def step() -> None:
+            batch = model.prepare_batch(items)
+            heads = model.forward_heads(batch)
+            model.inference(batch, heads)
+            captured["heads"], captured["masks"] = heads, batch
+
+        queries_per_step = len(items)
+
+    baseline = maxrss_mb()
+    flops = FlopCounterMode(display=False)
+    with flops:
+        step()  # warm-up, counted
+    for _ in range(warmup - 1):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    result.update(
+        step_s=statistics.median(times),
+        step_times_s=[round(t, 4) for t in times],
+        queries_per_step=queries_per_step,
+        peak_mb=maxrss_mb() - baseline,
+        gflops_per_query=flops.get_total_flops() / 1e9 / queries_per_step,
+        padded_video_length=int(model.prepare_batch(items).videos.shape[-1]),
+    )
+    result["qps"] = queries_per_step / result["step_s"]
+    result["achieved_gflops_per_s"] = result["gflops_per_query"] * result["qps"]
+    if task == "infer":
+        heads = captured["heads"]
+        valid = [(m[..., None] > 0) for m in heads.fpn_masks]
+        torch.save({
+            "query_ids": [str(m["query_id"]) for m in captured["masks"].meta],
+            "cls_logits": [(x * v).detach() for x, v in zip(heads.cls_logits, valid)],
+            "offsets": [(x * v).detach() for x, v in zip(heads.offsets, valid)],
+            "masks": [m.detach() for m in heads.fpn_masks],
+            # the reference's outputs depend on whether a query's text was padded (spec 5.6)
+            "text_padded": (~captured["masks"].text_masks[:, 0, -1]).tolist(),
+        }, out_path)
+    print(json.dumps(result), flush=True)
+
+
+def max_abs_diff(path_a: str, path_b: str) -> float:
+    """Largest |a - b| of head outputs over positions valid in both runs (queries matched by id,
+    text padded in both)."""
+    import torch
+
+    a, b = torch.load(path_a), torch.load(path_b)
+    rows_b = {qid: i for i, qid in enumerate(b["query_ids"])}
+    worst = 0.0
+    for i, qid in enumerate(a["query_ids"]):
+        if qid not in rows_b:
+            continue
+        j = rows_b[qid]
+        if not (a["text_padded"][i] and b["text_padded"][j]):
+            continue  # unpadded text differs by design (reference batching), not by the fast paths
+        for key in ("cls_logits", "offsets"):
+            for level, (xa, xb) in enumerate(zip(a[key], b[key])):
+                length = min(xa.shape[1], xb.shape[1])
+                both = (a["masks"][level][i, :length] & b["masks"][level][j, :length])[:, None]
+                worst = max(worst, float(((xa[i, :length] - xb[j, :length]) * both).abs().max()))
+    return worst
+
+
+# ---------------------------------------------------------------------------- driver
+def machine_info() -> Dict[str, Any]:
+    import torch
+
+    model_name = platform.processor() or "?"
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in lscpu.splitlines():
+            if line.startswith("Model name:"):
+                model_name = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": model_name, "cores": os.cpu_count(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg()}
+
+
+def main(argv: List[str] | None = None) -> Dict[str, Any]:
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args)
+        return {}
+    info = machine_info()
+    print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['date']}, "
+          f"load {info['loadavg_start']}, threads {args.threads}", flush=True)
+    runs: Dict[str, Dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in TASKS:
+            for mode in MODES:
+                out = os.path.join(tmp, f"{task}_{mode}.pt")
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"{task}:{mode}:{out}",
+                       "--config", args.config, "--threads", str(args.threads), "--clip-len", str(args.clip_len),
+                       "--queries", str(args.queries), "--train-queries", str(args.train_queries)]
+                if args.quick:
+                    cmd.append("--quick")
+                if args.repeats:
+                    cmd += ["--repeats", str(args.repeats)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stderr)
+                    raise SystemExit(f"bench worker {task}:{mode} failed (exit {proc.returncode})")
+                run = json.loads(proc.stdout.strip().splitlines()[-1])
+                runs[f"{task}_{mode}"] = run
+                print(f"{task:5s} {mode:9s}: {run['step_s']:.3f} s/step ({run['queries_per_step']} queries, "
+                      f"T={run['padded_video_length']}), {run['qps']:.3f} queries/s, peak +{run['peak_mb']:.0f} MB, "
+                      f"{run['gflops_per_query']:.1f} GFLOP/query, {run['achieved_gflops_per_s']:.1f} GFLOP/s",
+                      flush=True)
+        diff = max_abs_diff(os.path.join(tmp, "infer_fast.pt"), os.path.join(tmp, "infer_reference.pt"))
+    summary = {
+        "train_speedup": runs["train_fast"]["qps"] / runs["train_reference"]["qps"],
+        "infer_speedup": runs["infer_fast"]["qps"] / runs["infer_reference"]["qps"],
+        "train_step_s_fast": runs["train_fast"]["step_s"],
+        "train_step_s_reference": runs["train_reference"]["step_s"],
+        "infer_qps_fast": runs["infer_fast"]["qps"],
+        "infer_qps_reference": runs["infer_reference"]["qps"],
+        "train_peak_mb_fast": runs["train_fast"]["peak_mb"],
+        "train_peak_mb_reference": runs["train_reference"]["peak_mb"],
+        "max_abs_diff": diff,
+        "infer_peak_mb_fast": runs["infer_fast"]["peak_mb"],
+        "infer_peak_mb_reference": runs["infer_reference"]["peak_mb"],
+        "gflops_per_query": {k: round(v["gflops_per_query"], 2) for k, v in runs.items()},
+        "achieved_gflops_per_s": {k: round(v["achieved_gflops_per_s"], 2) for k, v in runs.items()},
+        "machine": {**info, "loadavg_end": os.getloadavg(), "threads": args.threads},
+        "quick": args.quick,
+    }
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
