@@ -156,28 +156,14 @@ def _make_query(rng: np.random.Generator, obj: str) -> Dict[str, Any]:
     return fields
 
 
-def _make_clip(rng: np.random.Generator, words: WordSpace, video_offset: float, split: str,
-               video_dim: int) -> Tuple[dict, np.ndarray, Dict[str, str]]:
-    """One clip: its official json entry, its ``(T, C_v)`` features and query_id -> query text."""
-    duration = _sample_duration(rng)
-    num_feats = int(round(duration * FPS / FEAT_STRIDE))
-    num_queries = int(np.clip(round(rng.normal(QUERIES_MEAN, QUERIES_STD)), *QUERIES_RANGE))
-    objects = [OBJECTS[i] for i in rng.permutation(len(OBJECTS))[:num_queries + DISTRACTORS_PER_CLIP]]
-    windows = _sample_windows(rng, duration, len(objects))
+def clip_entry(rng: np.random.Generator, queries: List[Dict[str, Any]], windows: List[Tuple[float, float]],
+               duration: float, video_offset: float, split: str) -> Tuple[dict, Dict[str, str]]:
+    """A clip's official json entry (queries in annotation groups of up to 8) and query_id -> text.
 
-    # video: clip-level scene + noise, plus each window's object (and verb) signature
-    scene = SCENE_AMPLITUDE * rng.standard_normal(video_dim)
-    feats = scene[None, :] + rng.standard_normal((num_feats, video_dim))  # (T, C_v)
-    queries = [_make_query(rng, obj) for obj in objects[:num_queries]]
-    for k, (obj, (start, end)) in enumerate(zip(objects, windows)):
-        first = min(int(round(start * FPS / FEAT_STRIDE)), num_feats - 1)
-        last = max(int(round(end * FPS / FEAT_STRIDE)), first + 1)
-        signal = OBJECT_AMPLITUDE * words.signature(obj)
-        if k < num_queries and queries[k]["verb_x"] != NO_VERB:
-            signal = signal + VERB_AMPLITUDE * words.signature(queries[k]["verb_x"])
-        feats[first:last] += signal[None, :]
-
-    # annotations: the clip's queries split into annotation groups of up to 8
+    ``queries[k]`` (template fields, see ``_make_query``) is answered by ``windows[k]`` (s).
+    Shared by the worded demo (``demo_worded.py``), which phrases its queries differently.
+    """
+    num_queries = len(queries)
     num_annotations = math.ceil(num_queries / QUERIES_PER_ANNOTATION)
     annotations, texts = [], {}
     for group in np.array_split(np.arange(num_queries), num_annotations):
@@ -208,6 +194,31 @@ def _make_clip(rng: np.random.Generator, words: WordSpace, video_offset: float, 
         "source_clip_uid": _uid(rng),
         "annotations": annotations,
     }
+    return clip, texts
+
+
+def _make_clip(rng: np.random.Generator, words: WordSpace, video_offset: float, split: str,
+               video_dim: int) -> Tuple[dict, np.ndarray, Dict[str, str]]:
+    """One clip: its official json entry, its ``(T, C_v)`` features and query_id -> query text."""
+    duration = _sample_duration(rng)
+    num_feats = int(round(duration * FPS / FEAT_STRIDE))
+    num_queries = int(np.clip(round(rng.normal(QUERIES_MEAN, QUERIES_STD)), *QUERIES_RANGE))
+    objects = [OBJECTS[i] for i in rng.permutation(len(OBJECTS))[:num_queries + DISTRACTORS_PER_CLIP]]
+    windows = _sample_windows(rng, duration, len(objects))
+
+    # video: clip-level scene + noise, plus each window's object (and verb) signature
+    scene = SCENE_AMPLITUDE * rng.standard_normal(video_dim)
+    feats = scene[None, :] + rng.standard_normal((num_feats, video_dim))  # (T, C_v)
+    queries = [_make_query(rng, obj) for obj in objects[:num_queries]]
+    for k, (obj, (start, end)) in enumerate(zip(objects, windows)):
+        first = min(int(round(start * FPS / FEAT_STRIDE)), num_feats - 1)
+        last = max(int(round(end * FPS / FEAT_STRIDE)), first + 1)
+        signal = OBJECT_AMPLITUDE * words.signature(obj)
+        if k < num_queries and queries[k]["verb_x"] != NO_VERB:
+            signal = signal + VERB_AMPLITUDE * words.signature(queries[k]["verb_x"])
+        feats[first:last] += signal[None, :]
+
+    clip, texts = clip_entry(rng, queries, windows[:num_queries], duration, video_offset, split)
     return clip, feats, texts
 
 
