@@ -187,6 +187,7 @@ def train(args: argparse.Namespace) -> None:
                    os.path.join(folder, "eval_results.jsonl"),
                    model_label="ema" if tcfg["eval_use_ema"] else "raw") if eval_function else None,
         H.PeriodicWriter(writers, tcfg["print_freq"]),
+        H.TrainingCurves(folder),
         H.SnapshotHook(checkpointer, tcfg["snapshot_freq"]),
     ])
 

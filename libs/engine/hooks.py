@@ -1,8 +1,9 @@
 """Hooks: everything around the training loop that is not the step itself.
 
 Register them in this order (``train.py`` does): ``IterationTimer``, ``LRScheduler``, ``EMAHook``,
-``ProgressBar``, ``PeriodicCheckpointer``, ``EvalHook``, ``PeriodicWriter``, ``SnapshotHook``.
-The snapshot hook comes last so a snapshot captures the state after every other hook ran.
+``ProgressBar``, ``PeriodicCheckpointer``, ``EvalHook``, ``PeriodicWriter``, ``TrainingCurves``,
+``SnapshotHook``. The snapshot hook comes last so a snapshot captures the state after every other
+hook ran; ``TrainingCurves`` comes after the writers so the metrics file it plots is complete.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from libs.core.errors import GroundNLQError
 from libs.engine.checkpointer import BEST_CHECKPOINT, Checkpointer
 from libs.engine.trainer import HookBase
 from libs.utils import comm
@@ -185,6 +187,24 @@ class PeriodicWriter(HookBase):
     def after_train(self) -> None:
         for writer in self.writers:
             writer.close()
+
+
+class TrainingCurves(HookBase):
+    """At the end of training, rank 0 draws the run's loss, lr and recall curves
+    (``training_curves.png`` beside the TensorBoard events); without matplotlib it only warns."""
+
+    def __init__(self, run_folder: str) -> None:
+        self.run_folder = run_folder
+
+    def after_train(self) -> None:
+        if not comm.is_main_process():
+            return
+        from libs.utils.training_plots import plot_training_curves
+
+        try:
+            logger.info(f"training curves: {plot_training_curves(self.run_folder)}")
+        except GroundNLQError as err:
+            logger.warning(f"no training curves: {err}")
 
 
 class SnapshotHook(HookBase):
