@@ -37,6 +37,7 @@ HIT_COLORS = (  # (IoU threshold, colour, legend label), best first; below all: 
     (0.3, "#ff7f0e", "IoU > 0.3"),
 )
 MISS_COLOR = "#d62728"
+NO_GT_COLOR = "#7f7f7f"  # a user's own question has no ground truth: neither hit nor miss
 GT_COLOR = "#1f77b4"
 
 
@@ -126,6 +127,8 @@ def load_level_curves(path: str, query_id: str) -> list:
 
 
 def _hit_color(iou: float) -> str:
+    if np.isnan(iou):
+        return NO_GT_COLOR
     for threshold, color, _ in HIT_COLORS:
         if iou > threshold:  # strict, as the official metric
             return color
@@ -223,9 +226,12 @@ def render_timeline(view: QueryTimeline, out_path: str, top_k: int = TOP_K) -> s
         ax_curves.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, ncol=2, frameon=False)
         ax_curves.grid(alpha=0.3)
 
-    handles = [Patch(color=GT_COLOR, label="ground truth")]
-    handles += [Patch(color=color, label=label) for _, color, label in HIT_COLORS]
-    handles.append(Patch(color=MISS_COLOR, label=f"IoU \u2264 {HIT_COLORS[-1][0]}"))
+    if view.gt_window is None:
+        handles = [Patch(color=NO_GT_COLOR, label="predicted window (no ground truth)")]
+    else:
+        handles = [Patch(color=GT_COLOR, label="ground truth")]
+        handles += [Patch(color=color, label=label) for _, color, label in HIT_COLORS]
+        handles.append(Patch(color=MISS_COLOR, label=f"IoU \u2264 {HIT_COLORS[-1][0]}"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(_title(view), x=0.02, y=1.0 - 0.08 / height, ha="left", va="top", fontsize=10.5)
