@@ -10,46 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-
-TINY_CONFIG = """
-dataset_name: ego4d
-train_split: ['training']
-val_split: ['validation']
-output_folder: {out}
-init_rand_seed: 7
-dataset:
-  json_file: {data}/nlq_val.json
-  train_jsonl_file: {data}/ego4d_nlq_train_v2.jsonl
-  val_jsonl_file: {data}/ego4d_nlq_val_v2.jsonl
-  video_feat_dir: {data}/video_features.h5
-  text_feat_dir: {data}/text_features.h5
-  val_text_feat_dir: {data}/text_features.h5
-  input_vid_dim: 16
-  input_txt_dim: 8
-  max_seq_len: 1024
-  feat_stride: 16.043
-  num_frames: 16.043
-  default_fps: 30
-loader: {{batch_size: 6, num_workers: 0}}
-model:
-  n_mha_win_size: 9
-  backbone_arch: [1, 1, 1, 0, 2]
-  n_head: 2
-  embd_dim: 16
-  fpn_dim: 16
-  head_dim: 16
-  use_abs_pe: true
-  regression_range: [[0, 4], [2, 8], [4, 10000]]
-opt: {{learning_rate: 1.0e-3, epochs: 1, warmup_epochs: 1, weight_decay: 0.05}}
-train_cfg: {{clip_grad_l2norm: 1.0, droppath: 0.1}}
-trainer: {{amp: none, print_freq: 100, snapshot_freq: 2, eval_freq: 0, keep_last: 0}}
-"""
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
+from tests.tiny_run import make_tiny_run, run_env as _env
 
 
 def _train_cmd(config, name, *extra):
@@ -64,15 +25,7 @@ def _final_weights(folder):
 @pytest.fixture(scope="module")
 def tiny_run_config(tmp_path_factory):
     pytest.importorskip("h5py")
-    tmp = tmp_path_factory.mktemp("resume")
-    data = tmp / "demo"
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_demo_data.py"), "--out", str(data),
-                    "--num-train-clips", "2", "--num-val-clips", "1", "--num-test-clips", "1",
-                    "--video-dim", "16", "--text-dim", "8"], check=True, cwd=ROOT, env=_env(),
-                   stdout=subprocess.DEVNULL)
-    config = tmp / "tiny.yaml"
-    config.write_text(TINY_CONFIG.format(out=tmp / "out", data=data))
-    return str(config), tmp / "out"
+    return make_tiny_run(tmp_path_factory.mktemp("resume"))
 
 
 @pytest.fixture(scope="module")
