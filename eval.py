@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on the NLQ val/test split, or score a saved prediction file.
 
     python eval.py CONFIG CHECKPOINT [--split val|test] [--topk K] [--ema] [--out DIR]
-                   [--opt key=value ...] [--device DEV] [--no-progress] [--debug]
+                   [--opt key=value ...] [--device DEV] [--no-progress] [--trust-checkpoint] [--debug]
     python eval.py --pred-file SUBMISSION.json --gt-file nlq_val.json [--json-out METRICS.json]
 
 Model mode writes, into DIR (default: the checkpoint's folder), file names tagged with the split
@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pred-file", default=None, help="score this submission/prediction file")
     parser.add_argument("--gt-file", default=None, help="official NLQ json (or jsonl records) for --pred-file")
     parser.add_argument("--json-out", default=None, help="also write the metrics to this JSON file")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle any object in the checkpoint (only for files you made yourself); "
+                             "default: weights-only loading")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
 
@@ -117,7 +120,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
         collate_fn=None, video_centric=cfg["loader"]["video_centric"],
     )
     model = make_meta_arch(cfg["model_name"], **cfg["model"])
-    load_checkpoint(model, args.checkpoint, use_ema=args.ema, strict=True)
+    load_checkpoint(model, args.checkpoint, use_ema=args.ema, strict=True, trust=args.trust_checkpoint)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
 
@@ -126,10 +129,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     tag = _checkpoint_tag(args.checkpoint, args.split)
     pred_path = os.path.join(out_dir, f"{tag}_predictions.json")
-    save_predictions(results, pred_path)
-    submission = make_submission(results, SUBMISSION_TOP_K)
-    validate_submission(submission, records_file)
     sub_path = os.path.join(out_dir, f"{tag}_submission.json")
+    submission = make_submission(results, SUBMISSION_TOP_K)
+    validate_submission(submission, records_file)  # before writing anything: no partial outputs
+    save_predictions(results, pred_path)
     save_json(submission, sub_path)
     print(f"wrote {pred_path}\nwrote {sub_path}")
     if args.split != "val":

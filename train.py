@@ -1,7 +1,8 @@
 """Train GroundNLQ: from scratch, narration pretraining, or finetuning a pretrained model.
 
     torchrun --nproc_per_node=N train.py CONFIG --output NAME [--resume auto|PATH]
-             [--pretrained PATH] [--opt key=value ...] [--print-freq N] [--ckpt-freq N] [--debug]
+             [--pretrained PATH] [--opt key=value ...] [--print-freq N] [--ckpt-freq N]
+             [--trust-checkpoint] [--debug]
     python train.py CONFIG ...                      (one process)
 
 The run's folder ``<output_folder>/<config stem>_<NAME>`` receives config.yaml/config.txt,
@@ -53,6 +54,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. opt.epochs=3")
     parser.add_argument("--print-freq", type=int, default=None, help="log every N steps (trainer.print_freq)")
     parser.add_argument("--ckpt-freq", type=int, default=None, help="epoch checkpoint every N epochs (trainer.checkpoint_freq)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle any object in --resume / --pretrained files (only for files you made "
+                             "yourself); default: weights-only loading")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     if args.resume_from_pretrain:
@@ -122,6 +126,10 @@ def train(args: argparse.Namespace) -> None:
     if args.ckpt_freq is not None:
         overrides.append(f"trainer.checkpoint_freq={args.ckpt_freq}")
     cfg = load_config(args.config, overrides=overrides)
+    # read an explicit --resume file first: a damaged one must fail before anything is written
+    resume_state = None
+    if args.resume and args.resume != "auto":
+        resume_state = load_file(args.resume, trust=args.trust_checkpoint)
     device = comm.init_distributed()
     rank, world_size = comm.get_rank(), comm.get_world_size()
     tcfg = cfg["trainer"]
@@ -150,7 +158,8 @@ def train(args: argparse.Namespace) -> None:
     model = make_meta_arch(cfg["model_name"], **cfg["model"])
     logger.info(f"model {cfg['model_name']}: {sum(p.numel() for p in model.parameters()):,} parameters")
     if args.pretrained:
-        info = load_checkpoint(model, args.pretrained, use_ema=False, strict=True, drop_heads=True)
+        info = load_checkpoint(model, args.pretrained, use_ema=False, strict=True, drop_heads=True,
+                               trust=args.trust_checkpoint)
         logger.info(f"finetuning from {args.pretrained}: {len(info['dropped'])} head entries re-initialised")
     model.to(device)
     ema = ModelEMA(model, tcfg["ema_decay"])  # after loading, so a finetune's EMA starts from the loaded model
@@ -200,12 +209,11 @@ def train(args: argparse.Namespace) -> None:
         else:
             start_epoch = trainer.load_state_dict(found[1] if rank == 0 else load_file(path), source=path)
             logger.info(f"resumed from {path}: epoch {start_epoch}, step {trainer.iter}")
-    elif args.resume:
-        state = load_file(args.resume)
-        if is_snapshot(state):
-            start_epoch = trainer.load_state_dict(state, source=args.resume)
+    elif resume_state is not None:
+        if is_snapshot(resume_state):
+            start_epoch = trainer.load_state_dict(resume_state, source=args.resume)
         else:
-            start_epoch = trainer.load_checkpoint_state(state, source=args.resume)
+            start_epoch = trainer.load_checkpoint_state(resume_state, source=args.resume)
         logger.info(f"resumed from {args.resume}: epoch {start_epoch}, step {trainer.iter}")
 
     try:

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libs.core.errors import GroundNLQError  # noqa: E402
+from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.demo import make_demo_data  # noqa: E402
 
 DEFAULT_OUT = "data/demo"
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     if args.text_encoder and args.text_dim is not None:
         parser.error("--text-dim is the random-word demo's; with --text-encoder the encoder sets the width")
     args.out = args.out or (DEFAULT_WORDED_OUT if args.text_encoder else DEFAULT_OUT)
-    try:
+
+    def run() -> None:
         if args.text_encoder:
             meta = make_worded(args)
         else:
@@ -62,14 +63,10 @@ def main(argv=None) -> int:
             meta = make_demo_data(args.out, seed=args.seed, num_train_clips=args.num_train_clips,
                                   num_val_clips=args.num_val_clips, num_test_clips=args.num_test_clips,
                                   video_dim=args.video_dim, text_dim=text_dim)
-    except GroundNLQError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"demo data written to {args.out}")
-    print(json.dumps(meta["statistics"], indent=2))
-    return 0
+        print(f"demo data written to {args.out}")
+        print(json.dumps(meta["statistics"], indent=2))
+
+    return run_command(run, debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 One record per language query (spec section 3), keys in this order:
 ``query, query_id, duration, video_id, query_type, timestamps`` (``timestamps`` absent on the
 test split). Times are seconds relative to the clip and are never clamped: the reference keeps
-windows that run past the clip, and so do we. Narration records (pretraining) carry their text in
+windows that run past the clip, and so do we (a window wholly outside the clip is an error: no
+feature could match it). Queries without text, whitespace included, are skipped. Narration records (pretraining) carry their text in
 ``narration_query``; :func:`read_jsonl` also exposes it as ``query`` so readers need one key.
 
 The writer reproduces the reference's shipped files byte for byte (``json.dumps`` defaults, one
@@ -15,6 +16,7 @@ We write CRLF by default for byte equality; every reader here (and ``json.loads`
 from __future__ import annotations
 
 import json
+import math
 import numbers
 from collections import Counter
 from typing import Any, Iterable
@@ -36,13 +38,15 @@ OFFICIAL_SPLIT_FILES = {
 # line separator of the reference's shipped jsonl files (see the module docstring)
 JSONL_LINE_ENDING = "\r\n"
 
-# skip reason recorded in the summary when a query has no text (key absent, null or "")
+# skip reason recorded in the summary when a query has no text (key absent, null, "" or only
+# whitespace)
 SKIP_EMPTY_QUERY = "empty query"
 
 
 def _is_number(value: Any) -> bool:
-    """A real number that is not a bool (JSON ``true`` must not pass as 1)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    """A finite real number that is not a bool (JSON ``true`` must not pass as 1, nor ``NaN`` /
+    ``Infinity``, which Python's json accepts, as a time)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _require(mapping: Any, key: str, where: str) -> Any:
@@ -83,6 +87,7 @@ def official_to_records(data: dict, split: str, source: str = "<memory>") -> tup
     has_gt = split != "test"
     records: list[dict] = []
     skipped: Counter = Counter()
+    first_seen: dict[str, str] = {}  # query_id -> where it was first seen
     num_clips = num_queries = 0
 
     for v_idx, video in enumerate(_require_list(data, "videos", source)):
@@ -103,6 +108,9 @@ def official_to_records(data: dict, split: str, source: str = "<memory>") -> tup
 
             for a_idx, ann in enumerate(_require_list(clip, "annotations", where)):
                 ann_uid = _require(ann, "annotation_uid", f"{where} annotations[{a_idx}]")
+                if not isinstance(ann_uid, str) or not ann_uid:
+                    raise DataError(f"{where} annotations[{a_idx}]: 'annotation_uid' must be a non-empty "
+                                    f"string, got {ann_uid!r}")
                 a_where = f"{where} annotation {ann_uid}"
                 for q_idx, query in enumerate(_require_list(ann, "language_queries", a_where)):
                     num_queries += 1
@@ -110,14 +118,19 @@ def official_to_records(data: dict, split: str, source: str = "<memory>") -> tup
                     if not isinstance(query, dict):
                         raise DataError(f"{q_where}: expected a JSON object, got {type(query).__name__}")
                     text = query.get("query")
-                    if not text:
+                    if not text or (isinstance(text, str) and not text.strip()):
                         skipped[SKIP_EMPTY_QUERY] += 1
                         continue
                     if not isinstance(text, str):
                         raise DataError(f"{q_where}: 'query' must be a string, got {text!r}")
+                    query_id = f"{ann_uid}_{q_idx}"
+                    if query_id in first_seen:
+                        raise DataError(f"{q_where}: duplicate query_id {query_id!r} (annotation_uid "
+                                        f"{ann_uid!r} appears twice; first in {first_seen[query_id]})")
+                    first_seen[query_id] = f"clip {clip_uid}"
                     record = {
                         "query": text,
-                        "query_id": f"{ann_uid}_{q_idx}",
+                        "query_id": query_id,
                         "duration": duration,
                         "video_id": clip_uid,
                         "query_type": "nlq",
@@ -128,6 +141,9 @@ def official_to_records(data: dict, split: str, source: str = "<memory>") -> tup
                         if q_end < q_start:
                             raise DataError(
                                 f"{q_where}: clip_end_sec {q_end!r} must be >= clip_start_sec {q_start!r}")
+                        if q_start > duration:
+                            raise DataError(f"{q_where}: clip_start_sec {q_start!r} is after the clip's "
+                                            f"end ({duration!r} s); expected a window inside the clip")
                         record["timestamps"] = [[q_start, q_end]]
                     records.append(record)
 
@@ -193,8 +209,8 @@ def _check_record(record: Any, where: str, require_timestamps: bool) -> dict:
             raise DataError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
     where = f"{where} (query_id {record['query_id']})"
     text = record.get("query", record.get("narration_query"))
-    if not isinstance(text, str):
-        raise DataError(f"{where}: needs a string 'query' (or 'narration_query'), got {text!r}")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: needs a string 'query' (or 'narration_query') with some text, got {text!r}")
     duration = record.get("duration")
     if not _is_number(duration) or duration <= 0:
         raise DataError(f"{where}: 'duration' must be a positive number of seconds, got {duration!r}")
@@ -214,6 +230,8 @@ def _check_record(record: Any, where: str, require_timestamps: bool) -> dict:
                 raise DataError(f"{where}: each timestamp must be [start, end] in seconds, got {window!r}")
             if window[1] < window[0]:
                 raise DataError(f"{where}: timestamp end {window[1]!r} is before start {window[0]!r}")
+            if window[1] < 0 or window[0] > duration:
+                raise DataError(f"{where}: timestamp {window!r} lies outside the clip [0, {duration!r}] s")
     if "query" not in record:
         record["query"] = text
     return record
@@ -222,8 +240,9 @@ def _check_record(record: Any, where: str, require_timestamps: bool) -> dict:
 def read_jsonl(path: str, require_timestamps: bool) -> list[dict]:
     """Read and validate a jsonl annotation file (training files need ``timestamps``).
 
-    Blank lines are ignored. Errors name the file and the 1-based line. Negative starts and ends
-    past the clip are allowed (the reference keeps them); query ids must be unique.
+    Blank lines are ignored. Errors name the file and the 1-based line. Windows that overlap the
+    clip but start before 0 or end past it are allowed (the reference keeps them); windows wholly
+    outside the clip, empty or whitespace-only queries and repeated query ids are errors.
     """
     try:
         with open(path, "r", encoding="utf-8") as f:

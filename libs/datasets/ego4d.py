@@ -146,8 +146,12 @@ class Ego4dDataset(Dataset):
         return self.records[index]["video_id"]
 
     def _load(self, store: FeatureStore, key: str, expected_dim: int, what: str) -> np.ndarray:
-        """``(T, C)`` features of ``key`` after checking the width and that every value is finite."""
+        """``(T, C)`` features of ``key`` after checking the length, the width and that every value
+        is finite (an empty or poisoned array would otherwise fail deep inside the model)."""
         feats = store[key]
+        if feats.shape[0] == 0:
+            raise DataError(f"{what} features of id {key!r} in {store.path} are empty (shape "
+                            f"{tuple(feats.shape)}); expected at least one time step")
         if feats.shape[1] != expected_dim:
             raise DataError(f"{what} features of id {key!r} in {store.path} have dimension "
                             f"{feats.shape[1]}; expected {expected_dim} (dataset.input_"

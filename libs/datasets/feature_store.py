@@ -19,11 +19,14 @@ Writers (``write_store``, ``copy_store``) serve the demo generator and conversio
 from __future__ import annotations
 
 import collections
+import contextlib
 import difflib
 import io
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -41,6 +44,9 @@ LMDB_MAX_READERS = 32768
 LMDB_INITIAL_MAP_BYTES = 64 << 20
 # how many closest ids a missing-id error lists
 NUM_CLOSE_IDS = 3
+# what h5py, lmdb, NumPy and torch raise on a damaged file (lmdb.Error is added when installed)
+_DAMAGED_FILE_ERRORS: Tuple[type, ...] = (OSError, ValueError, RuntimeError, EOFError, KeyError,
+                                          zipfile.BadZipFile, pickle.UnpicklingError)
 
 
 def detect_kind(path: str) -> str:
@@ -56,6 +62,22 @@ def detect_kind(path: str) -> str:
             f"feature store {path}: a file store must end with {' or '.join(HDF5_SUFFIXES)} (HDF5); "
             f"LMDB stores and folders of .pt/.npy files are directories")
     raise DataError(f"feature store {path} does not exist")
+
+
+def _damaged_file_errors() -> Tuple[type, ...]:
+    """Exception types meaning "this file is damaged", lmdb's own included when it is installed."""
+    try:
+        import lmdb
+    except ImportError:
+        return _DAMAGED_FILE_ERRORS
+    return _DAMAGED_FILE_ERRORS + (lmdb.Error,)
+
+
+def _first_line(err: BaseException, max_chars: int = 160) -> str:
+    """A backend's message shortened to one line (torch and h5py messages run over many)."""
+    lines = str(err).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= max_chars else line[:max_chars] + "..."
 
 
 def _as_time_major_float32(array: Any, key: str, path: str) -> np.ndarray:
@@ -138,7 +160,8 @@ class FeatureStore:
                     self._close(self._handle)
                 except Exception:
                     pass
-            self._handle = self._open()
+            with self._reading():
+                self._handle = self._open()
             self._pid = os.getpid()
         return self._handle
 
@@ -177,16 +200,30 @@ class FeatureStore:
     def __contains__(self, key: str) -> bool:
         raise NotImplementedError
 
+    @contextlib.contextmanager
+    def _reading(self, key: Optional[str] = None) -> Iterator[None]:
+        """Turn a backend's failure on a damaged file into a ``DataError`` naming the store (and id)."""
+        try:
+            yield
+        except DataError:
+            raise
+        except _damaged_file_errors() as err:
+            what = f"id {key!r} of " if key is not None else ""
+            raise DataError(f"cannot read {what}{self.kind} feature store {self.path} (damaged or "
+                            f"truncated?): {type(err).__name__}: {_first_line(err)}") from err
+
     def __getitem__(self, key: str) -> np.ndarray:
-        """``(T, C)`` float32 features of ``key``; a missing id raises ``DataError``."""
+        """``(T, C)`` float32 features of ``key``; a missing id or a damaged file raises ``DataError``."""
         if self._cache is not None:
             cached = self._cache.get(key)
             if cached is not None:
                 return cached
-        value = self._read(key)
+        with self._reading(key):
+            value = self._read(key)
         if value is None:
             raise self.missing_error(key)
-        array = _as_time_major_float32(value, key, self.path)
+        with self._reading(key):
+            array = _as_time_major_float32(value, key, self.path)
         if self._cache is not None and self._cache.put(key, array):
             array.setflags(write=False)  # shared with the cache from now on
         return array

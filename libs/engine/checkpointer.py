@@ -76,12 +76,13 @@ def restore_rng_state(state: Dict[str, Any], generator: Optional[torch.Generator
 
 
 # ---------------------------------------------------------------- files
-def load_file(path: str) -> Dict[str, Any]:
-    """A checkpoint or snapshot read weights-only on the CPU; CheckpointError naming the file otherwise."""
+def load_file(path: str, trust: bool = False) -> Dict[str, Any]:
+    """A checkpoint or snapshot read weights-only on the CPU (``trust``: unpickle anything; only for
+    files you made yourself); CheckpointError naming the file otherwise."""
     from libs.modeling.checkpoint import read_checkpoint
 
     try:
-        obj = read_checkpoint(path)
+        obj = read_checkpoint(path, trust=trust)
     except CheckpointError:
         raise
     except Exception as exc:  # anything else a damaged file can raise

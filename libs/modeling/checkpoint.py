@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
@@ -41,22 +42,51 @@ def _numpy_safe_globals() -> List[Any]:
     return allowed
 
 
+# how torch names what a weights-only load refused: "Unsupported global: GLOBAL argparse.Namespace was
+# not an allowed global", "unsupported GLOBAL posix.system whose module posix is blocked"
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# the useful part of torch's message when a weights-only load cannot parse a file
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
+# the command-line flag that maps to ``trust=True`` (eval.py, train.py)
+TRUST_FLAG = "--trust-checkpoint"
+
+
 def read_checkpoint(path: str, trust: bool = False) -> Any:
-    """``torch.load`` on the CPU, weights-only unless ``trust`` (only for files you made yourself)."""
+    """``torch.load`` on the CPU, weights-only unless ``trust`` (only for files you made yourself).
+
+    Weights-only loading refuses every class outside tensors, plain Python types and the NumPy
+    allow-list, so a checkpoint cannot run code; a refused class is named in the error. A file
+    torch cannot parse at all (empty, truncated, not a checkpoint) raises a ``CheckpointError`` too.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path!r} is empty (0 bytes); expected a torch checkpoint")
     try:
         if trust:
             return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused is None:  # a parse failure, not a refused class
+            raise _unreadable(path, err) from err
         raise CheckpointError(
-            f"checkpoint {path!r} holds objects a weights-only load refuses ({err}); if you trust the file, "
-            "load it with trust=True"
+            f"checkpoint {path!r} holds a {refused.group(1)} object, which a weights-only load refuses; "
+            f"if you made the file yourself, pass {TRUST_FLAG} (trust=True) to unpickle it"
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path!r} cannot be read (truncated or not a torch file?): {err}") from err
+    except Exception as err:  # torch raises RuntimeError, EOFError, IndexError, ... on damaged files
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path: str, err: BaseException, max_chars: int = 160) -> CheckpointError:
+    """One line for a file torch cannot parse (torch's own messages run over several lines)."""
+    text = str(err).strip()
+    unpickler = _UNPICKLER_DETAIL.search(text)
+    line = unpickler.group(1) if unpickler else (text.splitlines() or [""])[0]
+    line = line if len(line) <= max_chars else line[:max_chars] + "..."
+    detail = f"{type(err).__name__}: {line}" if line else type(err).__name__
+    return CheckpointError(f"checkpoint {path!r} cannot be read (truncated or not a torch checkpoint?): {detail}")
 
 
 def select_weights(checkpoint: Any, use_ema: bool = False, source: str = "checkpoint") -> Dict[str, Tensor]:
