@@ -68,6 +68,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def restarted_by_torchrun() -> bool:
+    """True in workers that ``torchrun --max-restarts=K`` restarted after a failure: they continue
+    from the run's newest snapshot, as ``--resume auto`` would."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def run_folder(cfg: Dict[str, Any], config_path: str, output: str) -> str:
     stem = os.path.splitext(os.path.basename(config_path))[0]
     return os.path.join(cfg["output_folder"], f"{stem}_{output}")
@@ -201,14 +207,13 @@ def train(args: argparse.Namespace) -> None:
     ])
 
     start_epoch = 0
-    if args.resume == "auto":
-        found = checkpointer.find_resumable() if rank == 0 else None
-        path = comm.broadcast_object(found[0] if found else None)
-        if path is None:
-            logger.info(f"--resume auto: no snapshot in {folder}; starting from scratch")
-        else:
-            start_epoch = trainer.load_state_dict(found[1] if rank == 0 else load_file(path), source=path)
-            logger.info(f"resumed from {path}: epoch {start_epoch}, step {trainer.iter}")
+    found = checkpointer.find_resumable() if rank == 0 and (args.resume == "auto" or restarted_by_torchrun()) else None
+    path = comm.broadcast_object(found[0] if found else None)
+    if path is not None:
+        start_epoch = trainer.load_state_dict(found[1] if rank == 0 else load_file(path), source=path)
+        logger.info(f"resumed from {path}: epoch {start_epoch}, step {trainer.iter}")
+    elif args.resume == "auto":
+        logger.info(f"--resume auto: no snapshot in {folder}; starting from scratch")
     elif resume_state is not None:
         if is_snapshot(resume_state):
             start_epoch = trainer.load_state_dict(resume_state, source=args.resume)

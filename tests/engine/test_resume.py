@@ -102,3 +102,36 @@ def test_command_line_parsing_and_errors(tiny_run_config):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "opt.learning_rat" in lines[0]
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def test_torchrun_restart_after_a_crashed_worker_resumes_by_itself(tiny_run_config, straight_run):
+    """``torchrun --max-restarts=1``: the worker is SIGKILLed mid-epoch; the restarted worker picks up
+    the newest snapshot without being told and ends with the uninterrupted run's weights."""
+    config, out = tiny_run_config
+    run = out / "tiny_elastic"
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                              "--max-restarts=1", os.path.join(ROOT, "train.py"), config, "--output", "elastic"],
+                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run / "snapshot_last.pth").exists():
+        assert agent.poll() is None, "training ended before its first snapshot"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    workers = _children(agent.pid)
+    assert workers, "torchrun has no worker process"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    output, _ = agent.communicate(timeout=300)
+    assert agent.returncode == 0, output
+    assert "resumed from" in output
+
+    straight, straight_ema, _ = _final_weights(straight_run)
+    resumed, resumed_ema, _ = _final_weights(run)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+        assert torch.equal(straight_ema[key], resumed_ema[key]), key
