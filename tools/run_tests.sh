@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# README command 2: install the package with its test extras (C++ NMS built in place, no build
-# isolation so torch is not downloaded again) and run the whole test suite.
+# README command 2: install the package with the extras its tests use (test: pytest, hypothesis,
+# lmdb; text: MiniLM; viz: matplotlib), building the C++ NMS in place without build isolation so
+# torch is not downloaded again, then run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q -e ".[test]" --no-build-isolation
+python -m pip install -q -e ".[test,text,viz]" --no-build-isolation
 python -m pytest -q tests "$@"
