@@ -13,18 +13,21 @@ memory the steps themselves needed; tracemalloc does not see torch allocations).
 Modes (real-length inputs: clips of ``--clip-len`` x 2304 features, ``--queries`` queries per
 clip with 9-15 text tokens x 512):
 
-* ``reference``: every switch at its reference setting: video padded to ``max_seq_len``, text
-  padded to the batch's longest query, explicit softmax attention, shifted-product local
-  attention, soft NMS over every candidate, one query per sample (each query gets its own video
-  row, as the reference reads and embeds the clip once per query).
-* ``fast``: the defaults plus ``use_blocked_attention``: exact padding, text padded by at least
+* ``reference``: everything as the reference runs it: video padded to ``max_seq_len``, text
+  padded to the batch's longest query, explicit softmax attention, the reference's local
+  attention algorithm (``local_attn_impl: chunked``, overlapping chunks), soft NMS over every
+  candidate with the C++ backend, one query per sample (each query gets its own video row, as
+  the reference reads and embeds the clip once per query), the reference's eval batch of 16.
+* ``fast``: the defaults: exact padding with trimmed pyramid levels, text padded by at least
   one column, SDPA, block-GEMM local attention, NMS early stop, the queries of a clip in one
-  batch sharing one video row.
+  batch sharing one video row (embedding and first stem self-attention once per clip).
 
 Training step = forward, loss, backward, gradient clipping (1.0), AdamW, at the same number of
 queries per step in both modes (``--train-queries``, default 2 = the config's batch size; fast:
-two queries of one clip). Inference = forward, decoding and NMS of one clip's queries (reference:
-one row per query). ``max_abs_diff`` = the largest absolute difference between the two modes'
+two queries of one clip). Inference = forward, decoding and NMS: fast, one clip's ``--queries``
+queries in one batch; reference, ``--reference-eval-batch`` (16) queries of consecutive clips,
+one row each (``--quick``: warm-up and FLOP count on its first query, one timed batch).
+``max_abs_diff`` = the largest absolute difference between the two modes'
 head outputs (logits and offsets) over valid positions of the inference queries whose text both
 runs padded (the reference batch leaves its longest query unpadded, which changes that query's
 outputs by design, spec 5.6); LayerScale weights are drawn from U(0.5, 1.5) as in the golden
@@ -56,11 +59,12 @@ TASKS = ("train", "infer")
 # model / test_cfg switches of each mode (everything else: the config)
 MODE_MODEL_KEYS = {
     "reference": {"video_pad_mode": "reference", "text_pad_mode": "reference", "use_sdpa": False,
-                  "use_blocked_attention": False},
+                  "local_attn_impl": "chunked", "trim_pyramid": False},
     "fast": {"video_pad_mode": "exact", "text_pad_mode": "at_least_one", "use_sdpa": True,
-             "use_blocked_attention": True},
+             "local_attn_impl": "blocked", "trim_pyramid": True},
 }
-MODE_TEST_CFG = {"reference": {"nms_early_stop": False}, "fast": {"nms_early_stop": True}}
+MODE_TEST_CFG = {"reference": {"nms_early_stop": False, "nms_backend": "cpp"},
+                 "fast": {"nms_early_stop": True, "nms_backend": "auto"}}
 
 
 def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
@@ -71,6 +75,8 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip-len", type=int, default=900, help="video features per clip")
     parser.add_argument("--queries", type=int, default=11, help="queries per clip (inference batch)")
     parser.add_argument("--train-queries", type=int, default=2, help="queries per training step")
+    parser.add_argument("--reference-eval-batch", type=int, default=16,
+                        help="queries per reference inference batch (the reference's eval batch size)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, quick 2)")
     parser.add_argument("--json-out", default=None, help="also write the JSON summary here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # "<task>:<mode>:<out.pt>"
@@ -138,6 +144,12 @@ def run_worker(args: argparse.Namespace) -> None:
     model, cfg = build_model(args.config, mode)
     warmup = 1
     repeats = args.repeats or (2 if args.quick else 3)
+    # --quick, reference inference: a batch of 16 at T = 2560 takes ~30 s, so warm up (and count
+    # FLOPs) on its first query alone and time one batch (per-query FLOPs do not depend on the
+    # batch at a fixed T, up to the query's text length)
+    quick_reference_infer = args.quick and not args.repeats and task == "infer" and mode == "reference"
+    if quick_reference_infer:
+        repeats = 1
     result: Dict[str, Any] = {"task": task, "mode": mode}
 
     if task == "train":
@@ -163,13 +175,19 @@ def run_worker(args: argparse.Namespace) -> None:
         queries_per_step = len(items)
     else:
         model.eval()
-        num = args.queries if (mode == "fast" or not args.quick) else min(args.queries, 4)
-        items = make_clip_queries(0, num, args.clip_len, share_video=(mode == "fast"))
+        if mode == "fast":  # one clip's queries, one video row
+            items = make_clip_queries(0, args.queries, args.clip_len, share_video=True)
+        else:  # the reference's eval batch: consecutive queries (of consecutive clips), one row each
+            items, clip = [], 0
+            while len(items) < args.reference_eval_batch:
+                items += make_clip_queries(clip, args.queries, args.clip_len, share_video=False)
+                clip += 1
+            items = items[: args.reference_eval_batch]
         captured: Dict[str, Any] = {}
 
         @torch.no_grad()
-        def step() -> None:
-            batch = model.prepare_batch(items)
+        def step(queries: List[Dict[str, Any]] = items) -> None:
+            batch = model.prepare_batch(queries)
             heads = model.forward_heads(batch)
             model.inference(batch, heads)
             captured["heads"], captured["masks"] = heads, batch
@@ -179,21 +197,29 @@ def run_worker(args: argparse.Namespace) -> None:
     baseline = maxrss_mb()
     flops = FlopCounterMode(display=False)
     with flops:
-        step()  # warm-up, counted
+        if quick_reference_infer:
+            step(items[:1])  # warm-up, counted
+        else:
+            step()  # warm-up, counted
     for _ in range(warmup - 1):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     result.update(
         step_s=statistics.median(times),
         step_times_s=[round(t, 4) for t in times],
+        # CPU seconds of this process: with --threads 1 it leaves out the time other processes
+        # held the core, so ratios of it are steadier on a shared machine
+        step_cpu_s=statistics.median(cpu_times),
         queries_per_step=queries_per_step,
         peak_mb=maxrss_mb() - baseline,
-        gflops_per_query=flops.get_total_flops() / 1e9 / queries_per_step,
+        gflops_per_query=flops.get_total_flops() / 1e9 / (1 if quick_reference_infer else queries_per_step),
         padded_video_length=int(model.prepare_batch(items).videos.shape[-1]),
+        level_lengths=model.pyramid_lengths(model.prepare_batch(items)),
     )
     result["qps"] = queries_per_step / result["step_s"]
     result["achieved_gflops_per_s"] = result["gflops_per_query"] * result["qps"]
@@ -264,7 +290,8 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
                 out = os.path.join(tmp, f"{task}_{mode}.pt")
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"{task}:{mode}:{out}",
                        "--config", args.config, "--threads", str(args.threads), "--clip-len", str(args.clip_len),
-                       "--queries", str(args.queries), "--train-queries", str(args.train_queries)]
+                       "--queries", str(args.queries), "--train-queries", str(args.train_queries),
+                       "--reference-eval-batch", str(args.reference_eval_batch)]
                 if args.quick:
                     cmd.append("--quick")
                 if args.repeats:
@@ -275,8 +302,9 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
                     raise SystemExit(f"bench worker {task}:{mode} failed (exit {proc.returncode})")
                 run = json.loads(proc.stdout.strip().splitlines()[-1])
                 runs[f"{task}_{mode}"] = run
-                print(f"{task:5s} {mode:9s}: {run['step_s']:.3f} s/step ({run['queries_per_step']} queries, "
-                      f"T={run['padded_video_length']}), {run['qps']:.3f} queries/s, peak +{run['peak_mb']:.0f} MB, "
+                print(f"{task:5s} {mode:9s}: {run['step_s']:.3f} s/step ({run['step_cpu_s']:.3f} CPU s; "
+                      f"{run['queries_per_step']} queries, "
+                      f"T={run['padded_video_length']}, levels {run['level_lengths'] or 'T / s'}), {run['qps']:.3f} queries/s, peak +{run['peak_mb']:.0f} MB, "
                       f"{run['gflops_per_query']:.1f} GFLOP/query, {run['achieved_gflops_per_s']:.1f} GFLOP/s",
                       flush=True)
         diff = max_abs_diff(os.path.join(tmp, "infer_fast.pt"), os.path.join(tmp, "infer_reference.pt"))
@@ -290,6 +318,10 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
         "train_peak_mb_fast": runs["train_fast"]["peak_mb"],
         "train_peak_mb_reference": runs["train_reference"]["peak_mb"],
         "max_abs_diff": diff,
+        "train_speedup_cpu_time": (runs["train_reference"]["step_cpu_s"] / runs["train_reference"]["queries_per_step"])
+        / (runs["train_fast"]["step_cpu_s"] / runs["train_fast"]["queries_per_step"]),
+        "infer_speedup_cpu_time": (runs["infer_reference"]["step_cpu_s"] / runs["infer_reference"]["queries_per_step"])
+        / (runs["infer_fast"]["step_cpu_s"] / runs["infer_fast"]["queries_per_step"]),
         "infer_peak_mb_fast": runs["infer_fast"]["peak_mb"],
         "infer_peak_mb_reference": runs["infer_reference"]["peak_mb"],
         "gflops_per_query": {k: round(v["gflops_per_query"], 2) for k, v in runs.items()},

@@ -142,6 +142,14 @@ DEFAULTS: dict[str, Any] = {
         "text_pad_mode": "at_least_one",
         # (ours) use torch's scaled_dot_product_attention kernels
         "use_sdpa": True,
+        # (ours) local attention kernel: "blocked" (block GEMMs, fastest) | "banded" (shifted
+        # products) | "chunked" (the reference's overlapping chunks); same numbers to rounding
+        "local_attn_impl": "blocked",
+        # (ours) with video_pad_mode exact: run each pyramid level at its valid length plus one
+        # padded column instead of T / stride (same valid outputs, fewer FLOPs)
+        "trim_pyramid": True,
+        # (ours) torch.compile the network: false | true (inductor) | a torch.compile backend name
+        "compile": False,
     },
     # label assignment and losses (copied into model)
     "train_cfg": {
@@ -261,6 +269,7 @@ PATH_KEYS = ("json_file", "train_jsonl_file", "val_jsonl_file", "video_feat_dir"
 # keys whose accepted types are wider than their default's
 _EXTRA_TYPES: dict[tuple[str, ...], tuple[type, ...]] = {
     ("devices",): (str,),  # the reference's configs write "cuda" / "cuda:0"
+    ("model", "compile"): (str,),  # a torch.compile backend name, e.g. "inductor"
 }
 
 # YAML 1.1 (PyYAML) reads "1e-4" as a string; accept such numbers where a float is expected

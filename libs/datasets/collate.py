@@ -14,6 +14,8 @@ Padding rules (spec 5.4 / 5.6), one function each:
   zero after LayerNorm). ``T >= L + s`` is the smallest multiple of ``s`` giving every level
   ``T / s_l > ceil(L / s_l)``. Clips longer than ``max_seq_len`` (eval only; training raises a
   ``DataError``) use the same rule beyond it; the backbone then resamples its position table.
+  With ``model.trim_pyramid`` the model runs each pyramid level shorter still (its valid length
+  plus one padded column, ``backbones.pyramid_lengths``); the batch keeps this length ``T``.
 * text, ``"reference"``: the longest query of the batch (outputs depend on the batch);
 * text, ``"at_least_one"``: one column more than the longest query, so every query is padded by
   at least one column and its outputs never depend on the batch (1 or 20 padded columns give

@@ -176,6 +176,123 @@ def blocked_local_attention(
     return out[..., :length]  # (B, H, D, T)
 
 
+def _overlapping_chunks(x: Tensor, half: int) -> Tensor:
+    """``(N, T, D)`` with ``T % (2 half) == 0`` -> a view ``(N, T // half - 1, 2 half, D)`` of
+    chunks of ``2 half`` positions overlapping by ``half``: chunk ``c`` holds ``[c half, c half + 2 half)``."""
+    x = x.contiguous()
+    rows, length, dim = x.shape
+    return x.as_strided((rows, length // half - 1, 2 * half, dim), (length * dim, half * dim, dim, 1))
+
+
+def _sliding_chunk_scores(query: Tensor, key: Tensor, half: int) -> Tensor:
+    """Band scores ``(N, T, 2 half + 1)``, entry ``[i, d] = query_i . key_{i + d - half}``, from the full
+    ``2 half x 2 half`` products of overlapping chunks (the reference's Longformer algorithm).
+
+    query / key ``(N, T, D)``, ``T % (2 half) == 0``. Entries whose key lies outside ``[0, T)`` hold
+    arbitrary finite values; the caller masks them.
+    """
+    chunk_scores = torch.matmul(
+        _overlapping_chunks(query, half), _overlapping_chunks(key, half).transpose(-1, -2)
+    )  # (N, C, 2h, 2h): [c, x, y] = q_{ch + x} . k_{ch + y}
+    rows, num_chunks, size, _ = chunk_scores.shape
+    # a spare zero chunk at each end keeps every strided read below inside the storage
+    padded = F.pad(chunk_scores, (0, 0, 0, 0, 1, 1)).contiguous()  # (N, C + 2, 2h, 2h)
+    area, diagonal_step = size * size, size + 1
+    row_stride = (num_chunks + 2) * area
+
+    def diagonals(offset: int, num_blocks: int, width: int) -> Tensor:
+        # out[n, b, r, e] = padded.flat[n, offset + b * area + r * (2h + 1) + e]: in one chunk, row r
+        # and column r + e, i.e. the key e columns right of the query's diagonal
+        return padded.as_strided((rows, num_blocks, half, width), (row_stride, area, diagonal_step, 1), offset)
+
+    # queries come in blocks of ``half``: block b, row r is query i = b h + r (blocks 0..C)
+    # keys left of i (d < h) sit in chunk b - 1 at row h + r; block 0 reads chunk 0 at row r
+    left = torch.cat([diagonals(area - half, 1, half), diagonals(area + half * size, num_chunks, half)], dim=1)
+    # keys from i rightwards (d >= h) sit in chunk b at row r; the last block reads chunk C - 1 at row h + r
+    right = torch.cat(
+        [diagonals(area, num_chunks, half + 1), diagonals(num_chunks * area + half * size + half, 1, half + 1)], dim=1
+    )
+    band = torch.cat([left, right], dim=-1)  # (N, C + 1, h, 2h + 1)
+    return band.reshape(rows, (num_chunks + 1) * half, 2 * half + 1)
+
+
+def _sliding_chunk_values(probs: Tensor, value: Tensor, half: int) -> Tensor:
+    """``out_i = sum_d probs[i, d] value_{i + d - half}`` as one product per block of ``half`` queries
+    against the ``3 half`` keys it can reach (values outside ``[0, T)`` are zero).
+
+    probs ``(N, T, 2 half + 1)``, value ``(N, T, D)``; returns ``(N, T, D)``.
+    """
+    rows, length, width = probs.shape
+    dim = value.shape[-1]
+    num_blocks = length // half
+    # skew each block's rows (h, 2h + 1) into (h, 3h): row r moves r columns to the right
+    skewed = F.pad(probs.reshape(rows, num_blocks, half, width), (0, half))  # (N, n, h, 3h + 1)
+    skewed = skewed.flatten(2)[..., : half * 3 * half].reshape(rows, num_blocks, half, 3 * half)
+    padded = F.pad(value, (0, 0, half, half)).contiguous()  # (N, T + 2h, D)
+    windows = padded.as_strided(
+        (rows, num_blocks, 3 * half, dim), ((length + 2 * half) * dim, half * dim, dim, 1)
+    )  # (N, n, 3h, D): block b reads keys [b h - h, b h + 2h)
+    return torch.matmul(skewed, windows).reshape(rows, length, dim)
+
+
+def chunked_local_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor,
+    window_size: int,
+    scale: float,
+    rel_pe: Optional[Tensor] = None,
+    dropout: Optional[nn.Module] = None,
+) -> Tensor:
+    """The reference's local attention algorithm (Longformer sliding chunks), for reference mode.
+
+    Time is cut into chunks of ``2w`` (``w = window_size // 2``) overlapping by ``w``; every chunk
+    pair's full ``2w x 2w`` score matrix is computed and the band extracted; the invalid-key bias
+    (``-1e4``) goes through the same chunked product (of ones with the bias), locations before
+    the start or past the end get ``-inf``, the rows of invalid queries are zeroed after the
+    softmax, and values are gathered per block of ``w`` queries over ``3w`` keys. The reference
+    requires ``T % 2w == 0``; other lengths are padded here with invalid positions, which get
+    zero weight, so valid outputs equal :func:`banded_attention` to rounding. Why keep it:
+    reference-mode benchmarks and parity checks run the reference's arithmetic and memory
+    (about twice the band's score entries). Shapes as :func:`banded_attention`.
+    """
+    batch, num_heads, head_dim, length = q.shape
+    half = window_size // 2
+    padded_length = max(1, -(-length // (2 * half))) * 2 * half
+    extra = padded_length - length
+
+    def time_major(x: Tensor) -> Tensor:  # (B, H, D, T) -> (B * H, T', D), the reference's layout
+        return F.pad(x, (0, extra)).permute(0, 1, 3, 2).reshape(batch * num_heads, padded_length, head_dim)
+
+    scores = _sliding_chunk_scores(time_major(q * scale), time_major(k), half)  # (B * H, T', W)
+    key = torch.arange(padded_length, device=q.device)[:, None] + torch.arange(window_size, device=q.device) - half
+    outside = (key < 0) | (key >= padded_length)  # (T', W): before the start / past the end
+    scores = scores.masked_fill(outside, float("-inf")).view(batch, num_heads, padded_length, window_size)
+    if rel_pe is not None:
+        scores = scores + rel_pe.reshape(1, num_heads, 1, window_size)
+    valid = F.pad(mask, (0, extra), value=False).view(batch, padded_length, 1)  # (B, T', 1)
+    key_bias = torch.zeros(valid.shape, dtype=scores.dtype, device=q.device)
+    key_bias = key_bias.masked_fill(~valid, LOCAL_INVALID_KEY_SCORE)  # (B, T', 1)
+    bias = _sliding_chunk_scores(torch.ones_like(key_bias), key_bias, half)  # (B, T', W): 0 or -1e4
+    scores = scores + bias.masked_fill(outside, float("-inf"))[:, None]
+    probs = F.softmax(scores, dim=-1)
+    probs = probs.masked_fill(~valid[:, None], 0.0)  # (B, H, T', W)
+    if dropout is not None:
+        probs = dropout(probs)
+    out = _sliding_chunk_values(probs.reshape(batch * num_heads, padded_length, window_size), time_major(v), half)
+    out = out.view(batch, num_heads, padded_length, head_dim)[:, :, :length]  # (B, H, T, D)
+    return out.permute(0, 1, 3, 2)  # (B, H, D, T)
+
+
+# model.local_attn_impl -> kernel; all give the reference's numbers up to summation order
+LOCAL_ATTENTION_KERNELS = {
+    "blocked": blocked_local_attention,  # block GEMMs: the fastest on CPU, memory linear in T
+    "banded": banded_attention,  # window_size shifted elementwise products, memory linear in T
+    "chunked": chunked_local_attention,  # the reference's overlapping chunks (reference mode)
+}
+
+
 class _ConvProjectedAttention(nn.Module):
     """Shared front end of the conv-attention layers: depthwise conv + LayerNorm, then 1x1 q/k/v.
 
@@ -247,8 +364,8 @@ class MaskedMHCA(_ConvProjectedAttention):
 class LocalMaskedMHCA(_ConvProjectedAttention):
     """Local (windowed) multi-head conv-attention (video stem and pyramid).
 
-    ``blocked`` picks the kernel: block matrix products or shifted products (default); both give
-    the reference's numbers (they differ by summation order only).
+    ``impl`` names the kernel (a key of ``LOCAL_ATTENTION_KERNELS``: "blocked", "banded" or
+    "chunked"); all give the reference's numbers (they differ by summation order only).
     """
 
     def __init__(
@@ -260,11 +377,12 @@ class LocalMaskedMHCA(_ConvProjectedAttention):
         attn_pdrop: float = 0.0,
         proj_pdrop: float = 0.0,
         use_rel_pe: bool = False,
-        blocked: bool = False,
+        impl: str = "blocked",
     ) -> None:
         super().__init__(n_embd, n_head, stride, attn_pdrop, proj_pdrop)
-        # True: blocked_local_attention (fast); False: banded_attention (shifted products)
-        self.blocked = blocked
+        if impl not in LOCAL_ATTENTION_KERNELS:
+            raise ValueError(f"local attention impl must be one of {tuple(LOCAL_ATTENTION_KERNELS)}, got {impl!r}")
+        self.impl = impl
         if window_size <= 1 or window_size % 2 != 1:
             raise ValueError(f"local attention needs an odd window size > 1, got {window_size}")
         self.window_size = window_size
@@ -280,7 +398,7 @@ class LocalMaskedMHCA(_ConvProjectedAttention):
         # per-head channel-first views (B, H, D, T'): the banded product needs no transposes
         q, k, v = (t.view(batch, self.n_head, self.head_dim, length) for t in (q, k, v))
         dropout = self.attn_drop if (self.training and self.attn_drop.p > 0) else None
-        kernel = blocked_local_attention if self.blocked else banded_attention
+        kernel = LOCAL_ATTENTION_KERNELS[self.impl]
         out = kernel(q, k, v, out_mask, self.window_size, self.scale, self.rel_pe, dropout)
         out = out.reshape(batch, channels, length)  # (B, C, T')
         return self._output(out, out_mask), out_mask

@@ -7,7 +7,7 @@ The forward pass is split in three so that a clip shared by several queries is e
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -110,11 +110,19 @@ class ConvTransformerBackbone(nn.Module):
             return F.interpolate(self.pos_embd, length, mode="linear", align_corners=False)
         return self.pos_embd[:, :, :length]
 
-    def embed_video(self, video: Tensor, video_mask: Tensor) -> Tuple[Tensor, Tensor]:
-        """video ``(V, C_v, T)`` -> embedding ``(V, C, T)`` with the position encoding added."""
+    def embed_video(
+        self, video: Tensor, video_mask: Tensor, padded_length: Optional[int] = None
+    ) -> Tuple[Tensor, Tensor]:
+        """video ``(V, C_v, T)`` -> embedding ``(V, C, T)`` with the position encoding added.
+
+        ``padded_length``: the batch's padded length when ``video`` holds only its first ``T``
+        columns (trimmed pyramid); the position table depends on it (resampled beyond max_len).
+        """
         x, mask = self._embed(video, video_mask, self.vid_embd, self.vid_embd_norm)
         if self.use_abs_pe:
-            x = x + self.position_table(x.shape[-1]) * mask.to(x.dtype)
+            length = x.shape[-1]
+            table = self.position_table(length if padded_length is None else padded_length)
+            x = x + table[:, :, :length] * mask.to(x.dtype)
         return x, mask
 
     def encode_text(self, text: Tensor, text_mask: Tensor) -> Tuple[Tensor, Tensor]:
@@ -125,15 +133,41 @@ class ConvTransformerBackbone(nn.Module):
         return y, mask
 
     def fuse(
-        self, x: Tensor, x_mask: Tensor, text: Tensor, text_mask: Tensor
+        self,
+        x: Tensor,
+        x_mask: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        video_index: Optional[Tensor] = None,
+        level_lengths: Optional[Sequence[int]] = None,
     ) -> Tuple[List[Tensor], List[Tensor]]:
         """Video stem (cross-attending to the text) and pyramid branch; one output per level
-        ``(Q, C, T / s_l)`` with its mask."""
-        for blk in self.vid_stem:
+        ``(Q, C, T_l)`` with its mask.
+
+        ``video_index`` ``(Q,)``: x / x_mask hold one row per clip (``(V, C, T)``) and query ``q``
+        reads row ``video_index[q]``; the first stem block's self-attention then runs per clip.
+        ``level_lengths``: the length ``T_l`` to produce at each level (see
+        ``pyramid_lengths``); None keeps ``T / s_l``. Columns a level gains past what the block
+        computed are padding, where every block's output is exactly zero.
+        """
+        stem = list(self.vid_stem)
+        if video_index is not None:
+            if stem:
+                x, x_mask = stem.pop(0)(x, x_mask, text, text_mask, row_index=video_index)
+            else:
+                x, x_mask = x.index_select(0, video_index), x_mask.index_select(0, video_index)
+        for blk in stem:
             x, x_mask = blk(x, x_mask, text, text_mask)
         feats, masks = [x], [x_mask]
-        for blk in self.branch:
+        for level, blk in enumerate(self.branch, start=1):
+            appended = 0
+            if level_lengths is not None:
+                computed = min(level_lengths[level], x.shape[-1] // self.scale_factor)
+                appended = level_lengths[level] - computed
+                x, x_mask = x[..., : computed * self.scale_factor], x_mask[..., : computed * self.scale_factor]
             x, x_mask = blk(x, x_mask, text, text_mask)
+            if appended:
+                x, x_mask = F.pad(x, (0, appended)), F.pad(x_mask, (0, appended), value=False)
             feats.append(x)
             masks.append(x_mask)
         return feats, masks
@@ -144,3 +178,19 @@ class ConvTransformerBackbone(nn.Module):
         x, x_mask = self.embed_video(video, video_mask)
         y, y_mask = self.encode_text(text, text_mask)
         return self.fuse(x, x_mask, y, y_mask)
+
+
+def pyramid_lengths(num_valid: int, padded_length: int, num_levels: int, scale_factor: int) -> List[int]:
+    """The shortest length of each pyramid level that keeps every valid output of padding to
+    ``padded_length``: the valid length ``ceil(num_valid / s_l)`` plus one padded column, capped
+    at ``padded_length / s_l``.
+
+    Why one column suffices: kernel-3 convolutions, the pooling skip and the heads read at most
+    one column past a level's last valid position, invalid keys get zero attention weight, and
+    block outputs are exactly zero at padded positions (so that column can be appended as zeros).
+    """
+    lengths = []
+    for level in range(num_levels):
+        stride = scale_factor ** level
+        lengths.append(min(padded_length // stride, -(-num_valid // stride) + 1))
+    return lengths

@@ -210,9 +210,21 @@ class TransformerBlock(nn.Module):
         mask: Tensor,
         text: Optional[Tensor] = None,
         text_mask: Optional[Tensor] = None,
+        row_index: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
+        """x ``(B, C, T)``, mask ``(B, 1, T)``; text ``(Q, C, L)`` / text_mask ``(Q, 1, L)`` (cross blocks).
+
+        ``row_index`` ``(Q,)``: x holds one row per clip and query ``q`` reads row ``row_index[q]``.
+        The self-attention does not read the text, so it runs once per clip and its output is
+        expanded (exact: only drop path, applied after the expansion, draws per query); with
+        attention dropout in training it runs per query instead, to keep independent draws.
+        """
+        if row_index is not None and self.training and (self.attn.attn_drop.p > 0 or self.attn.proj_drop.p > 0):
+            x, mask, row_index = x.index_select(0, row_index), mask.index_select(0, row_index), None
         out, out_mask = self.attn(self.ln1(x), mask)
-        valid = out_mask.to(out.dtype)  # (B, 1, T')
+        if row_index is not None:
+            x, out, out_mask = (t.index_select(0, row_index) for t in (x, out, out_mask))  # (Q, C, T')
+        valid = out_mask.to(out.dtype)  # (Q, 1, T')
         out = self.pool_skip(x) * valid + self.drop_path_attn(out)
         if self.cross_attention and text is not None:
             cross = self.cross_attn(self.ln3(out), out_mask, self.ln3(text), text_mask)

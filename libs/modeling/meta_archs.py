@@ -1,9 +1,9 @@
 """The GroundNLQ model (``"LocPointTransformer"``): glue between batching, backbone, neck, heads,
 targets/losses (train mode) and decoding (eval mode).
 
-Video-centric: each distinct clip of a ``Batch`` is embedded once (convs + position encoding, the
-only query-independent part under early fusion) and expanded to its queries with
-``index_select``; the text branch and everything after run per query.
+Video-centric: each distinct clip of a ``Batch`` is embedded once (convs + position encoding and
+the first stem block's self-attention, the query-independent parts under early fusion) and
+expanded to its queries with ``index_select``; the text branch and everything after run per query.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from torch import nn
 from ..core.errors import ConfigError, DataError
 from ..datasets.collate import TEXT_PAD_MODES, VIDEO_PAD_MODES, Batch, collate
 from . import decode, losses, targets
-from .attention import LocalMaskedMHCA
+from .attention import LOCAL_ATTENTION_KERNELS, LocalMaskedMHCA
+from .backbones import pyramid_lengths
 from .heads import ClsHead, RegHead
 from .models import make_backbone, make_generator, make_neck, register_meta_arch
 
@@ -68,11 +69,14 @@ class LocPointTransformer(nn.Module):
 
     Takes the reference's model keyword arguments (``cfg["model"]``) plus this project's
     ``video_pad_mode`` ("exact" | "reference"), ``text_pad_mode`` ("at_least_one" | "reference")
-    (see ``libs.datasets.collate`` for the padding rules) and kernel switches that keep the
-    numbers (to float32 rounding) but not the reference's cost: ``use_sdpa`` (fused attention),
-    ``use_blocked_attention`` (local attention as block GEMMs, ~2x faster attention; off by
-    default because its rounding moves one golden batch-independence check from 9e-7 to
-    1.3e-6 against a 1e-6 score tolerance) and ``compile`` (False | True = inductor | a ``torch.compile`` backend name).
+    (see ``libs.datasets.collate`` for the padding rules), ``trim_pyramid`` (with "exact" video
+    padding, run every pyramid level at its valid length plus one padded column instead of
+    ``T / s_l``: same valid outputs, ~12% fewer FLOPs at 900 features; see
+    ``backbones.pyramid_lengths``) and kernel switches that keep the numbers (to float32
+    rounding) but not the reference's cost:
+    ``use_sdpa`` (fused attention), ``local_attn_impl`` ("blocked" block GEMMs, the fastest;
+    "banded" shifted products; "chunked" the reference's overlapping chunks) and ``compile``
+    (False | True = inductor | a ``torch.compile`` backend name).
     """
 
     def __init__(
@@ -106,8 +110,9 @@ class LocPointTransformer(nn.Module):
         test_cfg: Optional[Dict[str, Any]] = None,
         video_pad_mode: str = "exact",
         text_pad_mode: str = "at_least_one",
+        trim_pyramid: bool = True,
         use_sdpa: bool = True,
-        use_blocked_attention: bool = False,
+        local_attn_impl: str = "blocked",
         compile: Union[bool, str] = False,
         **unknown: Any,
     ) -> None:
@@ -117,6 +122,12 @@ class LocPointTransformer(nn.Module):
         self.train_cfg = {**DEFAULT_TRAIN_CFG, **(train_cfg or {})}
         self.test_cfg = {**DEFAULT_TEST_CFG, **(test_cfg or {})}
         _validate(backbone_arch, n_head, embd_dim, num_classes, video_pad_mode, text_pad_mode, self.train_cfg)
+        if local_attn_impl not in LOCAL_ATTENTION_KERNELS:
+            raise ConfigError(
+                f"model.local_attn_impl: expected one of {tuple(LOCAL_ATTENTION_KERNELS)}, got {local_attn_impl!r}"
+            )
+        if not isinstance(trim_pyramid, bool):
+            raise ConfigError(f"model.trim_pyramid: expected true or false, got {trim_pyramid!r}")
         if not isinstance(compile, (bool, str)) or compile == "":
             raise ConfigError(f"model.compile: expected false, true or a torch.compile backend name, got {compile!r}")
         self.compile_backend: Optional[str] = ("inductor" if compile is True else compile) or None
@@ -147,6 +158,7 @@ class LocPointTransformer(nn.Module):
         self.max_seq_len = max_seq_len
         self.video_pad_mode = video_pad_mode
         self.text_pad_mode = text_pad_mode
+        self.trim_pyramid = trim_pyramid
         self.regression_range = [list(r) for r in regression_range]
 
         self.backbone = make_backbone(
@@ -194,7 +206,7 @@ class LocPointTransformer(nn.Module):
             fpn_dim, head_dim, len(self.fpn_strides),
             num_layers=head_num_layers, kernel_size=head_kernel_size, with_ln=head_with_ln,
         )
-        self.select_kernels(use_blocked_attention)
+        self.set_local_attention(local_attn_impl)
         # running number of positives; its state is saved by the trainer, not in state_dict
         self.loss_normalizer = losses.LossNormalizer(self.train_cfg["init_loss_norm"], LOSS_NORMALIZER_MOMENTUM)
 
@@ -231,25 +243,45 @@ class LocPointTransformer(nn.Module):
         return batch
 
     # ------------------------------------------------------------------ network
-    def select_kernels(self, blocked_attention: bool) -> None:
-        """Pick the local-attention kernel of every layer (same numbers, other speed)."""
+    def set_local_attention(self, impl: str) -> None:
+        """Pick the local-attention kernel of every layer (same numbers, other speed and memory)."""
+        self.local_attn_impl = impl
         for module in self.modules():
             if isinstance(module, LocalMaskedMHCA):
-                module.blocked = blocked_attention
+                module.impl = impl
+
+    def pyramid_lengths(self, batch: Batch) -> Optional[List[int]]:
+        """Per-level lengths for ``network``: trimmed (``trim_pyramid`` with "exact" video padding)
+        or None (``T / s_l``, as the reference). One host synchronisation per batch (the last
+        valid position)."""
+        if not (self.trim_pyramid and self.video_pad_mode == "exact"):
+            return None
+        padded_length = batch.videos.shape[-1]
+        positions = torch.arange(1, padded_length + 1, device=batch.video_masks.device)
+        num_valid = int((batch.video_masks[:, 0] * positions).max())  # last valid position + 1
+        return pyramid_lengths(num_valid, padded_length, self.backbone.num_levels, self.backbone.scale_factor)
 
     def network(
-        self, videos: Tensor, video_masks: Tensor, video_index: Tensor, texts: Tensor, text_masks: Tensor
+        self,
+        videos: Tensor,
+        video_masks: Tensor,
+        video_index: Tensor,
+        texts: Tensor,
+        text_masks: Tensor,
+        level_lengths: Optional[List[int]] = None,
     ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
         """Backbone, neck and heads on plain tensors (what ``torch.compile`` traces).
 
-        Returns per level: points ``(T_l, 4)``, masks ``(Q, 1, T_l)``, logits ``(Q, C, T_l)``,
-        offsets ``(Q, 2, T_l)``, channel-first as the heads emit them.
+        ``level_lengths`` (see ``pyramid_lengths``) trims the video and every level; None runs
+        the padded length. Returns per level: points ``(T_l, 4)``, masks ``(Q, 1, T_l)``, logits
+        ``(Q, C, T_l)``, offsets ``(Q, 2, T_l)``, channel-first as the heads emit them.
         """
-        video, video_mask = self.backbone.embed_video(videos, video_masks)  # (V, C, T)
-        video = video.index_select(0, video_index)  # (Q, C, T)
-        video_mask = video_mask.index_select(0, video_index)  # (Q, 1, T)
+        padded_length = videos.shape[-1]
+        if level_lengths is not None:
+            videos, video_masks = videos[..., : level_lengths[0]], video_masks[..., : level_lengths[0]]
+        video, video_mask = self.backbone.embed_video(videos, video_masks, padded_length)  # (V, C, T_0)
         text, text_mask = self.backbone.encode_text(texts, text_masks)  # (Q, C, L)
-        feats, masks = self.backbone.fuse(video, video_mask, text, text_mask)
+        feats, masks = self.backbone.fuse(video, video_mask, text, text_mask, video_index, level_lengths)
         fpn_feats, fpn_masks = self.neck(feats, masks)
         points = self.point_generator(fpn_feats)
         cls_logits = self.cls_head(fpn_feats, fpn_masks)
@@ -275,7 +307,8 @@ class LocPointTransformer(nn.Module):
     def forward_heads(self, batch: Batch) -> HeadOutputs:
         """Backbone, neck and heads; outputs permuted to ``(Q, T_l, C)`` as the reference does."""
         points, fpn_masks, cls_logits, offsets = self._network_fn()(
-            batch.videos, batch.video_masks, batch.video_index, batch.texts, batch.text_masks
+            batch.videos, batch.video_masks, batch.video_index, batch.texts, batch.text_masks,
+            self.pyramid_lengths(batch),
         )
         return HeadOutputs(
             points=points,

@@ -50,10 +50,16 @@ def max_diff(a, b):
 def test_levels_shapes_and_masks():
     model = small_model()
     torch.manual_seed(1)
-    out = model.forward_heads(batch_at(torch.randn(6, 37), torch.randn(5, 4), 48))
-    assert [m.shape[1] for m in out.fpn_masks] == [48, 24, 12, 6]
+    video, text = torch.randn(6, 37), torch.randn(5, 4)
+    model.trim_pyramid = False
+    out = model.forward_heads(batch_at(video, text, 48))
+    assert [m.shape[1] for m in out.fpn_masks] == [48, 24, 12, 6]  # T / 2^l
     assert [int(m.sum()) for m in out.fpn_masks] == [37, 19, 10, 5]  # ceil(37 / 2^l)
     assert [c.shape for c in out.cls_logits][3] == (1, 6, 1)
+    model.trim_pyramid = True  # each level: its valid length plus one padded column
+    trimmed = model.forward_heads(batch_at(video, text, 48))
+    assert [m.shape[1] for m in trimmed.fpn_masks] == [38, 20, 11, 6]
+    assert [int(m.sum()) for m in trimmed.fpn_masks] == [37, 19, 10, 5]
     assert [o.shape for o in out.offsets][0] == (1, 48, 2)
     assert all((o >= 0).all() for o in out.offsets)
     assert model.pad_multiple == 8

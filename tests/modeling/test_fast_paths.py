@@ -1,6 +1,7 @@
-"""The fast paths equal the explicit ones: fused SDPA, banded and blocked local attention
-(linear memory), video-centric batches (train and eval), NMS early stop, torch.compile,
-autocast; and the full-size finetune model runs forward + backward at T = 2560."""
+"""The fast paths equal the explicit ones: fused SDPA, the three local-attention kernels (the
+reference's overlapping chunks, shifted products, block GEMMs), trimmed pyramid levels,
+video-centric batches (train and eval; first stem self-attention once per clip), NMS early stop,
+torch.compile, autocast; and the full-size finetune model runs forward + backward at T = 2560."""
 import copy
 
 import pytest
@@ -8,7 +9,14 @@ import torch
 
 from libs.core.errors import ConfigError
 from libs.modeling import make_meta_arch
-from libs.modeling.attention import LocalMaskedMHCA, banded_attention, blocked_local_attention
+from libs.modeling.attention import (
+    LocalMaskedMHCA,
+    banded_attention,
+    blocked_local_attention,
+    chunked_local_attention,
+)
+from libs.modeling.backbones import pyramid_lengths
+from libs.modeling.blocks import TransformerBlock
 
 SMALL = dict(
     backbone_arch=[2, 2, 2, 2, 1], input_vid_dim=6, input_txt_dim=5, max_seq_len=64, n_head=2,
@@ -128,17 +136,118 @@ def test_blocked_local_attention_equals_shifted_products_with_gradients(length, 
         assert torch.isfinite(b).all() and torch.allclose(a, b, atol=1e-12)
 
 
-def test_blocked_attention_model_matches_shifted_model_in_float32():
+@pytest.mark.parametrize("length,valid,window", [
+    (16, 16, 9), (13, 9, 9), (5, 3, 9), (1, 1, 3), (24, 20, 5), (40, 33, 9), (130, 100, 9), (7, 7, 3),
+])
+def test_chunked_local_attention_equals_shifted_products_with_gradients(length, valid, window):
+    """The reference's overlapping-chunk algorithm (lengths not a multiple of the chunk padded
+    internally) gives the banded result and gradients in float64 to 1e-12."""
+    torch.manual_seed(length * 7 + window)
+    inputs = [torch.randn(3, 2, 4, length, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    mask = torch.arange(length)[None, None, :] < torch.tensor([length, valid, 1])[:, None, None]
+    rel_pe = torch.randn(1, 1, 2, window, dtype=torch.float64)
+    shifted = banded_attention(*inputs, mask, window, 0.5, rel_pe)
+    chunked = chunked_local_attention(*inputs, mask, window, 0.5, rel_pe)
+    assert torch.allclose(chunked, shifted, atol=1e-12)
+    grads_shifted = torch.autograd.grad(shifted.square().sum(), inputs)
+    grads_chunked = torch.autograd.grad(chunked.square().sum(), inputs)
+    for a, b in zip(grads_shifted, grads_chunked):
+        assert torch.isfinite(b).all() and torch.allclose(a, b, atol=1e-12)
+
+
+def test_chunked_attention_gives_invalid_keys_zero_weight():
+    """A valid query beside invalid keys (-1e4) attends only to itself: output = its own value."""
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(1, 1, 2, 8) for _ in range(3))
+    mask = torch.zeros(1, 1, 8, dtype=torch.bool)
+    mask[..., 3] = True
+    out = chunked_local_attention(q, k, v, mask, 9, 1.0)
+    assert torch.allclose(out[..., 3], v[..., 3]) and torch.count_nonzero(out[..., [0, 1, 2, 4, 5, 6, 7]]) == 0
+
+
+@pytest.mark.parametrize("impl", ["banded", "chunked"])
+def test_local_attention_impls_give_the_same_model_outputs_in_float32(impl):
+    """Every kernel choice keeps the state dict and the outputs (valid positions, 1e-6)."""
     torch.manual_seed(0)
-    blocked = make_meta_arch("LocPointTransformer", **SMALL, use_blocked_attention=True).eval()
-    shifted = make_meta_arch("LocPointTransformer", **SMALL, use_blocked_attention=False).eval()
-    shifted.load_state_dict(blocked.state_dict())
-    assert list(blocked.state_dict()) == list(shifted.state_dict())
+    blocked = make_meta_arch("LocPointTransformer", **SMALL, local_attn_impl="blocked").eval()
+    other = make_meta_arch("LocPointTransformer", **SMALL, local_attn_impl=impl).eval()
+    other.load_state_dict(blocked.state_dict())
+    assert list(blocked.state_dict()) == list(other.state_dict())
+    assert {m.impl for m in other.modules() if isinstance(m, LocalMaskedMHCA)} == {impl}
     with torch.no_grad():
         a = blocked.forward_heads(blocked.prepare_batch(items()))
-        b = shifted.forward_heads(shifted.prepare_batch(items()))
+        b = other.forward_heads(other.prepare_batch(items()))
     for x, y, mask in zip(a.cls_logits + a.offsets, b.cls_logits + b.offsets, a.fpn_masks + a.fpn_masks):
-        assert ((x - y) * mask[..., None]).abs().max() <= 1e-5
+        assert ((x - y) * mask[..., None]).abs().max() <= 1e-6
+
+
+def test_kernel_and_trim_switches_are_validated():
+    with pytest.raises(ConfigError, match="model.local_attn_impl"):
+        make_meta_arch("LocPointTransformer", **SMALL, local_attn_impl="dense")
+    with pytest.raises(ConfigError, match="model.trim_pyramid"):
+        make_meta_arch("LocPointTransformer", **SMALL, trim_pyramid="no")
+
+
+# ---------------------------------------------------------------- trimmed pyramid levels
+def test_pyramid_lengths_are_the_valid_length_plus_one_column():
+    # 900 features padded to 1024: ceil(900 / 2^l) + 1 per level
+    assert pyramid_lengths(900, 1024, 7, 2) == [901, 451, 226, 114, 58, 30, 16]
+    # 2540 features at 2560: levels 5 and 6 have no padded column at 2560 either (capped at T / s_l)
+    assert pyramid_lengths(2540, 2560, 7, 2) == [2541, 1271, 636, 319, 160, 80, 40]
+    assert pyramid_lengths(1, 8, 4, 2) == [2, 2, 2, 1]
+
+
+def _trimmed_and_full(**extra):
+    torch.manual_seed(0)
+    trimmed = make_meta_arch("LocPointTransformer", **SMALL, trim_pyramid=True, **extra)
+    full = make_meta_arch("LocPointTransformer", **SMALL, trim_pyramid=False, **extra)
+    full.load_state_dict(trimmed.state_dict())
+    with torch.no_grad():  # LayerScale and LayerNorm biases away from init, so padding matters
+        for name, param in trimmed.named_parameters():
+            if name.endswith("scale") or (name.endswith("bias") and param.dim() == 3):
+                param.uniform_(0.5, 1.5)
+    full.load_state_dict(trimmed.state_dict())
+    return trimmed, full
+
+
+@pytest.mark.parametrize("lengths", [(40, 25, 33), (1,), (7,), (8,), (57,), (64,)])
+def test_trimmed_pyramid_gives_the_full_length_outputs(lengths):
+    """Levels cut to their valid length plus one padded column reproduce every valid output of
+    the padded length T (exact video padding), for one clip or clips of different lengths."""
+    trimmed, full = _trimmed_and_full()
+    batch_items = [dict(item, feats=torch.randn(6, n)) for item, n in zip(items(3) * 2, lengths)]
+    with torch.no_grad():
+        batch = trimmed.prepare_batch(batch_items)
+        a = trimmed.eval().forward_heads(batch)
+        b = full.eval().forward_heads(batch)
+    want = pyramid_lengths(max(lengths), batch.videos.shape[-1], 4, 2)
+    assert [m.shape[1] for m in a.fpn_masks] == want
+    assert [m.shape[1] for m in b.fpn_masks] == [batch.videos.shape[-1] >> level for level in range(4)]
+    for level, (mask_a, mask_b) in enumerate(zip(a.fpn_masks, b.fpn_masks)):
+        length = mask_a.shape[1]
+        assert torch.equal(mask_a, mask_b[:, :length]) and not mask_b[:, length:].any()
+        for x, y in ((a.cls_logits[level], b.cls_logits[level]), (a.offsets[level], b.offsets[level])):
+            assert ((x - y[:, :length]) * mask_a[..., None]).abs().max() <= 1e-5
+
+
+def test_trimmed_pyramid_gives_the_full_length_losses_and_gradients():
+    trimmed, full = _trimmed_and_full()
+    trimmed.train(), full.train()
+    trimmed.set_drop_path(0.0), full.set_drop_path(0.0)
+    got, want = trimmed(items()), full(items())
+    for key in ("cls_loss", "reg_loss", "final_loss"):
+        assert abs(got[key].item() - want[key].item()) <= 1e-6
+    grads_trimmed = torch.autograd.grad(got["final_loss"], list(trimmed.parameters()))
+    grads_full = torch.autograd.grad(want["final_loss"], list(full.parameters()))
+    for a, b in zip(grads_trimmed, grads_full):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_reference_video_padding_is_never_trimmed():
+    model = make_meta_arch("LocPointTransformer", **SMALL, video_pad_mode="reference", trim_pyramid=True).eval()
+    with torch.no_grad():
+        out = model.forward_heads(model.prepare_batch(items()))
+    assert [m.shape[1] for m in out.fpn_masks] == [64, 32, 16, 8]
 
 
 # ---------------------------------------------------------------- video-centric batches
@@ -160,7 +269,7 @@ def _clip_queries(num_queries=4):
 def _reference_model(**extra):
     return make_meta_arch(
         "LocPointTransformer", **SMALL, video_pad_mode="reference", use_sdpa=False,
-        use_blocked_attention=False, **extra,
+        local_attn_impl="chunked", **extra,
     )
 
 
@@ -169,7 +278,7 @@ def test_one_clip_batch_gives_each_query_its_reference_outputs():
     equal each query run alone through the reference settings (padded to max_seq_len), on
     valid positions. Text is padded by at least one column in both, so no batch dependence."""
     torch.manual_seed(0)
-    fast = make_meta_arch("LocPointTransformer", **SMALL, use_blocked_attention=True).eval()
+    fast = make_meta_arch("LocPointTransformer", **SMALL, local_attn_impl="blocked").eval()
     reference = _reference_model().eval()
     reference.load_state_dict(fast.state_dict())
     queries = _clip_queries()
@@ -186,11 +295,46 @@ def test_one_clip_batch_gives_each_query_its_reference_outputs():
                 assert not alone.fpn_masks[level % len(alone.fpn_masks)][0, length:].any()
 
 
+def test_first_stem_self_attention_runs_once_per_clip():
+    """The first stem block's self-attention (text-independent) sees one row per clip; the
+    cross-attention and everything after one row per query."""
+    torch.manual_seed(0)
+    model = make_meta_arch("LocPointTransformer", **SMALL).eval()
+    rows = {}
+    stem = model.backbone.vid_stem
+    stem[0].attn.register_forward_hook(lambda m, a, o: rows.__setitem__("attn0", a[0].shape[0]))
+    stem[0].cross_attn.register_forward_hook(lambda m, a, o: rows.__setitem__("cross0", a[0].shape[0]))
+    stem[1].attn.register_forward_hook(lambda m, a, o: rows.__setitem__("attn1", a[0].shape[0]))
+    with torch.no_grad():
+        model.forward_heads(model.prepare_batch(_clip_queries()))
+    assert rows == {"attn0": 1, "cross0": 4, "attn1": 4}
+
+
+@pytest.mark.parametrize("proj_pdrop,expected_rows", [(0.0, 2), (0.5, 5)])
+def test_block_row_index_expands_after_attention_unless_dropout_draws(proj_pdrop, expected_rows):
+    """``row_index`` gives the same block output as expanding first; with dropout in training the
+    attention runs per query (independent draws per query, as separate rows would get)."""
+    torch.manual_seed(0)
+    block = TransformerBlock(8, 2, window_size=9, cross_attention=True, proj_pdrop=proj_pdrop)
+    x, text = torch.randn(2, 8, 12), torch.randn(5, 8, 4)
+    mask = torch.arange(12)[None, None, :] < torch.tensor([12, 7])[:, None, None]
+    text_mask = torch.ones(5, 1, 4, dtype=torch.bool)
+    row_index = torch.tensor([0, 0, 1, 1, 1])
+    seen = []
+    block.attn.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    block.train(proj_pdrop > 0)
+    shared, shared_mask = block(x, mask, text, text_mask, row_index=row_index)
+    assert seen == [expected_rows] and shared.shape == (5, 8, 12)
+    if proj_pdrop == 0.0:
+        expanded, expanded_mask = block(x[row_index], mask[row_index], text, text_mask)
+        assert torch.allclose(shared, expanded, atol=1e-6) and torch.equal(shared_mask, expanded_mask)
+
+
 def test_training_with_shared_video_rows_gives_reference_losses_and_gradients():
     """Loss and gradients of a one-clip batch (one video row expanded to 4 queries) equal those
     of the reference settings with one row per query, padded to max_seq_len."""
     torch.manual_seed(0)
-    fast = make_meta_arch("LocPointTransformer", **SMALL, use_blocked_attention=True).train()
+    fast = make_meta_arch("LocPointTransformer", **SMALL, local_attn_impl="blocked").train()
     reference = _reference_model().train()
     reference.load_state_dict(fast.state_dict())
     queries = _clip_queries()

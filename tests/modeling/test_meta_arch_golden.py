@@ -200,7 +200,9 @@ def test_at_least_one_text_padding_makes_outputs_batch_independent(variant):
         alone = [model([item])[0] for item in items]
     for a, b in zip(together, alone):
         assert_close(a["segments"], b["segments"], 1e-4)
-        assert_close(a["scores"], b["scores"], 1e-6)
+        # 2e-6, not 1e-6: a batch of 3 and of 1 take different kernels (blocked attention GEMMs
+        # of other shapes), float32 noise of ~1.3e-6; two threads alone move scores by 1.8e-6
+        assert_close(a["scores"], b["scores"], 2e-6)
     # q0 and q1 were padded in the reference's batch, so they also equal the reference there
     assert_same_results(together[:2], want["results"][:2])
 
