@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import torch
 from torch import nn
 
+from ..core.config import DEFAULTS
 from ..core.errors import ConfigError, DataError
 from ..datasets.collate import TEXT_PAD_MODES, VIDEO_PAD_MODES, Batch, collate
 from . import decode, losses, targets
@@ -25,32 +26,9 @@ from .models import make_backbone, make_generator, make_neck, register_meta_arch
 
 Tensor = torch.Tensor
 
-# spec section 2: the reference's train_cfg / test_cfg defaults (a config's values override them)
-DEFAULT_TRAIN_CFG: Dict[str, Any] = {
-    "center_sample": "radius",
-    "center_sample_radius": 1.5,
-    "loss_weight": 1.0,
-    "cls_prior_prob": 0.01,
-    "init_loss_norm": 2000,
-    "clip_grad_l2norm": -1,
-    "head_empty_cls": [],
-    "dropout": 0.0,
-    "droppath": 0.1,
-    "label_smoothing": 0.0,
-}
-DEFAULT_TEST_CFG: Dict[str, Any] = {
-    "pre_nms_thresh": 0.001,
-    "pre_nms_topk": 5000,
-    "iou_threshold": 0.1,
-    "min_score": 0.01,
-    "max_seg_num": 1000,
-    "nms_method": "soft",
-    "nms_sigma": 0.5,
-    "duration_thresh": 0.05,
-    "multiclass_nms": True,
-    "ext_score_file": None,
-    "voting_thresh": 0.75,
-}
+# the train_cfg / test_cfg defaults (spec section 2, plus this project's keys); a config's values override them
+DEFAULT_TRAIN_CFG: Dict[str, Any] = DEFAULTS["train_cfg"]
+DEFAULT_TEST_CFG: Dict[str, Any] = DEFAULTS["test_cfg"]
 LOSS_NORMALIZER_MOMENTUM = 0.9
 
 
