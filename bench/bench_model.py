@@ -159,8 +159,9 @@ def run_worker(args: argparse.Namespace) -> None:
         else:  # reference: random queries, i.e. different clips
             items = [make_clip_queries(c, 1, args.clip_len, share_video=False)[0] for c in range(args.train_queries)]
         opt_cfg = cfg["opt"]
+        # the reference's default per-parameter AdamW loop; fast mode: the fused kernel (opt.fused)
         optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg["learning_rate"],
-                                      weight_decay=opt_cfg["weight_decay"])
+                                      weight_decay=opt_cfg["weight_decay"], fused=True if mode == "fast" else None)
         clip = float(cfg["train_cfg"]["clip_grad_l2norm"])
 
         def step() -> None:

@@ -92,7 +92,7 @@ def make_optimizer(
     kind = opt_cfg.get("type", "AdamW")
     lr = float(opt_cfg["learning_rate"])
     if kind == "AdamW":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, fused=True if opt_cfg.get("fused") else None)
     if kind == "SGD":
         return torch.optim.SGD(groups, lr=lr, momentum=float(opt_cfg.get("momentum", 0.9)))
     raise ConfigError(f"opt.type: expected 'AdamW' or 'SGD', got {kind!r}")

@@ -82,3 +82,20 @@ def test_groups_match_reference_on_tiny_model(variant):
         assert group["lr"] == pytest.approx(ref["lr_base"], rel=1e-15)
         assert list(group["betas"]) == ref["betas"] and group["eps"] == ref["eps"]
         assert group["amsgrad"] == ref["amsgrad"]
+
+
+def test_fused_adamw_is_opt_in_and_matches_the_default_loop():
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    cfg = {"type": "AdamW", "learning_rate": 1e-2, "weight_decay": 0.05}
+    plain, fused = make_optimizer(models[0], cfg), make_optimizer(models[1], {**cfg, "fused": True})
+    assert not plain.defaults.get("fused") and fused.defaults["fused"] is True
+    x = torch.randn(4, 8)
+    for model, optimizer in zip(models, (plain, fused)):
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(x).square().sum().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=0)
