@@ -188,7 +188,7 @@ def train(args: argparse.Namespace) -> None:
     writers = []
     if rank == 0:
         writers = [
-            ConsoleWriter(trainer.iters_per_epoch, trainer.iters_per_epoch * max_epochs),
+            ConsoleWriter(lambda: trainer.iters_per_epoch, trainer.iters_per_epoch * max_epochs),
             JSONWriter(os.path.join(folder, "metrics.jsonl")),
             TensorboardWriter(os.path.join(folder, "logs")),
         ]

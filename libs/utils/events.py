@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -199,7 +199,8 @@ class ConsoleWriter(EventWriter):
     in ``loss``.
     """
 
-    def __init__(self, iters_per_epoch: int, max_iter: int, window: int = 20) -> None:
+    def __init__(self, iters_per_epoch: Union[int, Callable[[], int]], max_iter: int, window: int = 20) -> None:
+        # a callable reads the current epoch's length (video-centric packing varies per epoch)
         self._iters_per_epoch = iters_per_epoch
         self._max_iter = max_iter
         self._window = window
@@ -214,7 +215,8 @@ class ConsoleWriter(EventWriter):
         self._last_printed = latest["epoch"][1]
         epoch = int(latest["epoch"][0])
         epoch_iter = int(latest.get("epoch_iter", (0, 0))[0])
-        parts = [f"Epoch: [{epoch:03d}][{epoch_iter:05d}/{self._iters_per_epoch:05d}]"]
+        total = self._iters_per_epoch() if callable(self._iters_per_epoch) else self._iters_per_epoch
+        parts = [f"Epoch: [{epoch:03d}][{epoch_iter:05d}/{total:05d}]"]
         hists = storage.histories()
         if "time" in hists:
             step_time = hists["time"].median(self._window)
