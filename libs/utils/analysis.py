@@ -11,7 +11,6 @@ Charts need matplotlib (``pip install -e .[viz]``); tables need only pandas.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from libs.utils.metrics import (
     GroundTruth,
     evaluate_predictions,
     load_ground_truth_data,
+    read_ground_truth_file,
     metric_name,
     prediction_key,
     prediction_windows,
@@ -116,16 +116,7 @@ def _query_rows(data: Any, gt: GroundTruth) -> list:
 
 def load_split(gt_file: str) -> AnnotatedSplit:
     """Read the official NLQ json (or jsonl records) once: GT for scoring and the query table."""
-    if not os.path.isfile(gt_file):
-        raise DataError(f"ground-truth file not found: {gt_file}")
-    try:
-        with open(gt_file) as f:
-            if gt_file.endswith(".jsonl"):
-                data: Any = [json.loads(line) for line in f if line.strip()]
-            else:
-                data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{gt_file}: not valid JSON ({err})") from None
+    data = read_ground_truth_file(gt_file)
     gt = load_ground_truth_data(data, gt_file)  # validates the structure
     table = []
     for key, text, template in _query_rows(data, gt):

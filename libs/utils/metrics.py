@@ -143,23 +143,26 @@ def _from_records(records: Iterable[dict], source: str) -> GroundTruth:
     return gt
 
 
+def read_ground_truth_file(path: str) -> Any:
+    """The parsed official json (a dict) or jsonl records (a list) at ``path``, unvalidated."""
+    if not os.path.isfile(path):
+        raise DataError(f"ground-truth file not found: {path}")
+    try:
+        with open(path) as f:
+            if path.endswith(".jsonl"):
+                return [json.loads(line) for line in f if line.strip()]
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+
+
 def load_ground_truth(gt: Union[str, dict, list, GroundTruth]) -> GroundTruth:
     """Index GT from the official json (path or dict) or from jsonl records (path or list)."""
     if isinstance(gt, GroundTruth):
         return gt
     if isinstance(gt, (str, os.PathLike)):
         path = os.fspath(gt)
-        if not os.path.isfile(path):
-            raise DataError(f"ground-truth file not found: {path}")
-        try:
-            with open(path) as f:
-                if path.endswith(".jsonl"):
-                    data: Any = [json.loads(line) for line in f if line.strip()]
-                else:
-                    data = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from None
-        return load_ground_truth_data(data, path)
+        return load_ground_truth_data(read_ground_truth_file(path), path)
     return load_ground_truth_data(gt, "<ground truth in memory>")
 
 
