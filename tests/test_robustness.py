@@ -36,6 +36,7 @@ from libs.modeling.models import make_meta_arch
 from libs.utils.cli import run_command
 from libs.utils.io import save_json, torch_save
 from libs.utils.submission import validate_submission
+from tests.tiny_run import TINY_CONFIG
 from tests.conftest import ROOT
 from tests.engine.test_trainer import ToyModel, build_trainer, standard_hooks, toy_items, toy_loader
 
@@ -109,39 +110,7 @@ def submission(results):
 
 
 # ---------------------------------------------------------------- a tiny dataset, config and checkpoint
-TINY_CONFIG = """
-dataset_name: ego4d
-train_split: ['training']
-val_split: ['validation']
-output_folder: {out}
-dataset:
-  json_file: {data}/nlq_val.json
-  train_jsonl_file: {data}/ego4d_nlq_train_v2.jsonl
-  val_jsonl_file: {data}/ego4d_nlq_val_v2.jsonl
-  video_feat_dir: {data}/video_features.h5
-  text_feat_dir: {data}/text_features.h5
-  val_text_feat_dir: {data}/text_features.h5
-  input_vid_dim: 16
-  input_txt_dim: 8
-  max_seq_len: 1024
-  feat_stride: 16.043
-  num_frames: 16.043
-  default_fps: 30
-loader: {{batch_size: 4, num_workers: 0, eval_batch_size: 16}}
-model:
-  n_mha_win_size: 9
-  backbone_arch: [1, 1, 1, 0, 2]
-  n_head: 2
-  embd_dim: 8
-  fpn_dim: 8
-  head_dim: 8
-  use_abs_pe: true
-  regression_range: [[0, 4], [2, 8], [4, 10000]]
-opt: {{learning_rate: 1.0e-3, epochs: 1, warmup_epochs: 0, weight_decay: 0.05}}
-trainer: {{amp: none, print_freq: 100, eval_freq: 0}}
-"""
-
-
+# (the config template is the one of the other command-line tests: tests/tiny_run.py)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """Demo data (2 val clips), a tiny config and a matching checkpoint; tests copy what they change."""
