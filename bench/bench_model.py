@@ -16,10 +16,12 @@ clip with 9-15 text tokens x 512):
 * ``reference``: everything as the reference runs it: video padded to ``max_seq_len``, text
   padded to the batch's longest query, explicit softmax attention, the reference's local
   attention algorithm (``local_attn_impl: chunked``, overlapping chunks), soft NMS over every
-  candidate with the C++ backend, one query per sample (each query gets its own video row, as
-  the reference reads and embeds the clip once per query), the reference's eval batch of 16.
+  candidate with the C++ backend, the regression head over every point in training, one query
+  per sample (each query gets its own video row, as the reference reads and embeds the clip
+  once per query), the reference's eval batch of 16.
 * ``fast``: the defaults: exact padding with trimmed pyramid levels, text padded by at least
-  one column, SDPA, block-GEMM local attention, NMS early stop, the queries of a clip in one
+  one column, SDPA, block-GEMM local attention, NMS early stop, the regression head only around
+  the positive points in training (``sparse_reg_head``), the queries of a clip in one
   batch sharing one video row (embedding and first stem self-attention once per clip).
 
 Training step = forward, loss, backward, gradient clipping (1.0), AdamW, at the same number of
@@ -59,9 +61,9 @@ TASKS = ("train", "infer")
 # model / test_cfg switches of each mode (everything else: the config)
 MODE_MODEL_KEYS = {
     "reference": {"video_pad_mode": "reference", "text_pad_mode": "reference", "use_sdpa": False,
-                  "local_attn_impl": "chunked", "trim_pyramid": False},
+                  "local_attn_impl": "chunked", "trim_pyramid": False, "sparse_reg_head": False},
     "fast": {"video_pad_mode": "exact", "text_pad_mode": "at_least_one", "use_sdpa": True,
-             "local_attn_impl": "blocked", "trim_pyramid": True},
+             "local_attn_impl": "blocked", "trim_pyramid": True, "sparse_reg_head": True},
 }
 MODE_TEST_CFG = {"reference": {"nms_early_stop": False, "nms_backend": "cpp"},
                  "fast": {"nms_early_stop": True, "nms_backend": "auto"}}

@@ -7,7 +7,7 @@ level (``scale.l``) and passed through ReLU, giving offsets in units of the leve
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +33,15 @@ def _conv_stack(
     return convs, norms
 
 
-def _run_stack(x: Tensor, mask: Tensor, convs: nn.ModuleList, norms: nn.ModuleList) -> Tensor:
+def _run_stack(x: Tensor, mask: Tensor, convs: nn.ModuleList, norms: nn.ModuleList,
+               keep: Optional[Tensor] = None) -> Tensor:
+    """The hidden layers; ``keep`` ``(B, 1, T)`` re-zeroes columns that stand for positions
+    outside the sequence after every layer, so they act as the convolution's zero padding."""
     for conv, norm in zip(convs, norms):
         x, _ = conv(x, mask)
         x = F.relu(norm(x))
+        if keep is not None:
+            x = x * keep
     return x
 
 
@@ -84,6 +89,8 @@ class RegHead(nn.Module):
     ) -> None:
         super().__init__()
         self.fpn_levels = fpn_levels
+        # an output reads the input up to this many positions away (num_layers k-convs)
+        self.receptive_radius = num_layers * (kernel_size // 2)
         self.head, self.norm = _conv_stack(input_dim, feat_dim, num_layers, kernel_size, with_ln)
         self.scale = nn.ModuleList([Scale() for _ in range(fpn_levels)])
         self.offset_head = MaskedConv1D(feat_dim, 2, kernel_size)
@@ -95,4 +102,41 @@ class RegHead(nn.Module):
         for level, (x, mask) in enumerate(zip(feats, masks)):
             offsets, _ = self.offset_head(_run_stack(x, mask, self.head, self.norm), mask)
             out.append(F.relu(self.scale[level](offsets)))  # (B, 2, T_l)
+        return out
+
+    def forward_at(self, feats: Sequence[Tensor], masks: Sequence[Tensor], positives: Sequence[Tensor]) -> List[Tensor]:
+        """Per-level offsets ``(B, 2, T_l)`` computed only around ``positives`` (per level ``(B, T_l)``
+        bool): exact where ``positives`` is True, zero elsewhere.
+
+        Training reads the regression output at positive points only, which sit in one short run
+        per query and level, so each query runs the head on the window ``[first - r, last + r]`` of
+        its positives (``r`` = ``receptive_radius``; positions outside the sequence are zero, as the
+        convolution's padding) instead of the whole level: same loss and gradients, a fraction of
+        the head's cost. One host synchronisation for all levels (the window widths).
+        """
+        if len(feats) != self.fpn_levels:
+            raise ValueError(f"RegHead built for {self.fpn_levels} levels, got {len(feats)}")
+        radius = self.receptive_radius
+        firsts, lasts = [], []
+        for positive in positives:
+            index = torch.arange(positive.shape[1], device=positive.device)
+            first = torch.where(positive, index, positive.shape[1]).amin(dim=1)  # (B,)
+            last = torch.where(positive, index, -1).amax(dim=1)
+            has_positive = positive.any(dim=1)
+            firsts.append(torch.where(has_positive, first, 0))
+            lasts.append(torch.where(has_positive, last, 0))
+        widths = (torch.stack(lasts) - torch.stack(firsts)).amax(dim=1).tolist()  # (levels,)
+        out = []
+        for level, (x, mask, positive) in enumerate(zip(feats, masks, positives)):
+            batch, channels, length = x.shape
+            index = firsts[level][:, None] - radius + torch.arange(int(widths[level]) + 1 + 2 * radius, device=x.device)
+            inside = (index >= 0) & (index < length)  # (B, W)
+            index = index.clamp(0, length - 1)
+            keep = inside[:, None, :].to(x.dtype)  # (B, 1, W)
+            window = x.gather(2, index[:, None, :].expand(batch, channels, -1)) * keep  # (B, C, W)
+            window_mask = mask.gather(2, index[:, None, :]) & inside[:, None, :]
+            offsets, _ = self.offset_head(_run_stack(window, window_mask, self.head, self.norm, keep), window_mask)
+            offsets = F.relu(self.scale[level](offsets)) * (positive.gather(1, index) & inside)[:, None, :].to(x.dtype)
+            full = offsets.new_zeros(batch, offsets.shape[1], length)
+            out.append(full.scatter_add(2, index[:, None, :].expand_as(offsets), offsets))  # (B, 2, T_l)
         return out

@@ -54,7 +54,9 @@ class LocPointTransformer(nn.Module):
     rounding) but not the reference's cost:
     ``use_sdpa`` (fused attention), ``local_attn_impl`` ("blocked" block GEMMs, the fastest;
     "banded" shifted products; "chunked" the reference's overlapping chunks) and ``compile``
-    (False | True = inductor | a ``torch.compile`` backend name).
+    (False | True = inductor | a ``torch.compile`` backend name). ``sparse_reg_head``: in training,
+    run the regression head only around the positive points, where the loss reads it (same losses
+    and gradients; see ``RegHead.forward_at``).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class LocPointTransformer(nn.Module):
         trim_pyramid: bool = True,
         use_sdpa: bool = True,
         local_attn_impl: str = "blocked",
+        sparse_reg_head: bool = True,
         compile: Union[bool, str] = False,
         **unknown: Any,
     ) -> None:
@@ -104,8 +107,9 @@ class LocPointTransformer(nn.Module):
             raise ConfigError(
                 f"model.local_attn_impl: expected one of {tuple(LOCAL_ATTENTION_KERNELS)}, got {local_attn_impl!r}"
             )
-        if not isinstance(trim_pyramid, bool):
-            raise ConfigError(f"model.trim_pyramid: expected true or false, got {trim_pyramid!r}")
+        for key, value in (("trim_pyramid", trim_pyramid), ("sparse_reg_head", sparse_reg_head)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"model.{key}: expected true or false, got {value!r}")
         if not isinstance(compile, (bool, str)) or compile == "":
             raise ConfigError(f"model.compile: expected false, true or a torch.compile backend name, got {compile!r}")
         self.compile_backend: Optional[str] = ("inductor" if compile is True else compile) or None
@@ -137,6 +141,7 @@ class LocPointTransformer(nn.Module):
         self.video_pad_mode = video_pad_mode
         self.text_pad_mode = text_pad_mode
         self.trim_pyramid = trim_pyramid
+        self.sparse_reg_head = sparse_reg_head
         self.regression_range = [list(r) for r in regression_range]
 
         self.backbone = make_backbone(
@@ -247,12 +252,14 @@ class LocPointTransformer(nn.Module):
         texts: Tensor,
         text_masks: Tensor,
         level_lengths: Optional[List[int]] = None,
-    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor]]:
+        with_offsets: bool = True,
+    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor], List[Tensor], Optional[List[Tensor]]]:
         """Backbone, neck and heads on plain tensors (what ``torch.compile`` traces).
 
         ``level_lengths`` (see ``pyramid_lengths``) trims the video and every level; None runs
-        the padded length. Returns per level: points ``(T_l, 4)``, masks ``(Q, 1, T_l)``, logits
-        ``(Q, C, T_l)``, offsets ``(Q, 2, T_l)``, channel-first as the heads emit them.
+        the padded length. Returns per level: points ``(T_l, 4)``, neck features ``(Q, C, T_l)``,
+        masks ``(Q, 1, T_l)``, logits ``(Q, C, T_l)``, offsets ``(Q, 2, T_l)`` (None without
+        ``with_offsets``), channel-first as the heads emit them.
         """
         padded_length = videos.shape[-1]
         if level_lengths is not None:
@@ -263,8 +270,8 @@ class LocPointTransformer(nn.Module):
         fpn_feats, fpn_masks = self.neck(feats, masks)
         points = self.point_generator(fpn_feats)
         cls_logits = self.cls_head(fpn_feats, fpn_masks)
-        offsets = self.reg_head(fpn_feats, fpn_masks)
-        return points, fpn_masks, cls_logits, offsets
+        offsets = self.reg_head(fpn_feats, fpn_masks) if with_offsets else None
+        return points, fpn_feats, fpn_masks, cls_logits, offsets
 
     def _network_fn(self) -> Callable[..., Any]:
         """``network``, compiled on first use when ``compile`` is set (the compiled function is
@@ -284,16 +291,22 @@ class LocPointTransformer(nn.Module):
 
     def forward_heads(self, batch: Batch) -> HeadOutputs:
         """Backbone, neck and heads; outputs permuted to ``(Q, T_l, C)`` as the reference does."""
-        points, fpn_masks, cls_logits, offsets = self._network_fn()(
+        return self._forward_heads(batch, with_offsets=True)[0]
+
+    def _forward_heads(self, batch: Batch, with_offsets: bool) -> Tuple[HeadOutputs, List[Tensor], List[Tensor]]:
+        """``forward_heads`` plus the neck features and masks ``(Q, 1, T_l)`` the heads read;
+        without ``with_offsets`` the outputs' ``offsets`` is an empty list."""
+        points, fpn_feats, fpn_masks, cls_logits, offsets = self._network_fn()(
             batch.videos, batch.video_masks, batch.video_index, batch.texts, batch.text_masks,
-            self.pyramid_lengths(batch),
+            self.pyramid_lengths(batch), with_offsets,
         )
-        return HeadOutputs(
+        outputs = HeadOutputs(
             points=points,
             fpn_masks=[m.squeeze(1) for m in fpn_masks],
             cls_logits=[x.permute(0, 2, 1) for x in cls_logits],
-            offsets=[x.permute(0, 2, 1) for x in offsets],
+            offsets=[x.permute(0, 2, 1) for x in offsets] if offsets is not None else [],
         )
+        return outputs, fpn_feats, fpn_masks
 
     def forward(
         self, inputs: Union[Batch, Sequence[Dict[str, Any]]]
@@ -301,14 +314,27 @@ class LocPointTransformer(nn.Module):
         """Train mode: ``{"cls_loss", "reg_loss", "final_loss"}``; eval mode: per-query result dicts
         ``{video_id, query_id, segments (K, 2) s, scores (K,), labels (K,)}``."""
         batch = self.prepare_batch(inputs)
-        outputs = self.forward_heads(batch)
         if self.training:
-            return self.compute_losses(batch, outputs)
-        return self.inference(batch, outputs)
+            return self.forward_train(batch)
+        return self.inference(batch, self.forward_heads(batch))
 
-    # ------------------------------------------------------------------ train / eval tails
-    def compute_losses(self, batch: Batch, outputs: HeadOutputs) -> Dict[str, Tensor]:
-        """Label assignment and losses (updates the loss normaliser)."""
+    def forward_train(self, batch: Batch) -> Dict[str, Tensor]:
+        """Train mode's losses; with ``sparse_reg_head`` the regression head runs only around the
+        positive points (``RegHead.forward_at``), the only ones the loss reads."""
+        outputs, fpn_feats, fpn_masks = self._forward_heads(batch, with_offsets=not self.sparse_reg_head)
+        gt_cls, gt_offsets = self.assign_targets(batch, outputs.points)
+        offsets = outputs.offsets
+        if self.sparse_reg_head:
+            lengths = [m.shape[1] for m in outputs.fpn_masks]
+            positive = (torch.stack(gt_cls).sum(-1) > 0) & torch.cat(outputs.fpn_masks, dim=1)  # (Q, P)
+            offsets = self.reg_head.forward_at(fpn_feats, fpn_masks, list(positive.split(lengths, dim=1)))
+            offsets = [x.permute(0, 2, 1) for x in offsets]  # (Q, T_l, 2)
+        return losses.compute_losses(outputs.fpn_masks, outputs.cls_logits, offsets, gt_cls, gt_offsets,
+                                     self.loss_normalizer, self.train_cfg["label_smoothing"],
+                                     self.train_cfg["loss_weight"])
+
+    def assign_targets(self, batch: Batch, points: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        """Label assignment (``targets.assign_labels``) of the batch's windows to ``points``."""
         if batch.segments is None or batch.labels is None:
             raise DataError(f"training needs ground-truth windows; batch of queries {batch.query_ids} has none")
         for query_id, labels in zip(batch.query_ids, batch.labels):
@@ -318,23 +344,13 @@ class LocPointTransformer(nn.Module):
                     f"{self.num_classes}"
                 )
         with torch.no_grad():
-            gt_cls, gt_offsets = targets.assign_labels(
-                torch.cat(outputs.points, dim=0),
+            return targets.assign_labels(
+                torch.cat(points, dim=0),
                 batch.segments,
                 batch.labels,
                 self.train_cfg["center_sample"],
                 self.train_cfg["center_sample_radius"],
             )
-        return losses.compute_losses(
-            outputs.fpn_masks,
-            outputs.cls_logits,
-            outputs.offsets,
-            gt_cls,
-            gt_offsets,
-            self.loss_normalizer,
-            self.train_cfg["label_smoothing"],
-            self.train_cfg["loss_weight"],
-        )
 
     @torch.no_grad()
     def inference(self, batch: Batch, outputs: HeadOutputs) -> List[Dict[str, Any]]:

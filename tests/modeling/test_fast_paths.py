@@ -17,6 +17,7 @@ from libs.modeling.attention import (
 )
 from libs.modeling.backbones import pyramid_lengths
 from libs.modeling.blocks import TransformerBlock
+from libs.modeling.heads import RegHead
 
 SMALL = dict(
     backbone_arch=[2, 2, 2, 2, 1], input_vid_dim=6, input_txt_dim=5, max_seq_len=64, n_head=2,
@@ -241,6 +242,64 @@ def test_trimmed_pyramid_gives_the_full_length_losses_and_gradients():
     grads_full = torch.autograd.grad(want["final_loss"], list(full.parameters()))
     for a, b in zip(grads_trimmed, grads_full):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _sparse_and_dense():
+    torch.manual_seed(0)
+    sparse = make_meta_arch("LocPointTransformer", **SMALL, sparse_reg_head=True).train()
+    dense = make_meta_arch("LocPointTransformer", **SMALL, sparse_reg_head=False).train()
+    dense.load_state_dict(sparse.state_dict())
+    with torch.no_grad():  # LayerScale and LayerNorm biases away from init, so padded columns matter
+        for name, param in sparse.named_parameters():
+            if name.endswith("scale") or (name.endswith("bias") and param.dim() == 3):
+                param.uniform_(0.5, 1.5)
+    dense.load_state_dict(sparse.state_dict())
+    sparse.set_drop_path(0.0), dense.set_drop_path(0.0)
+    return sparse, dense
+
+
+@pytest.mark.parametrize("segments", [
+    [[3.0, 11.5]],  # one window inside the clip
+    [[0.0, 2.0]],  # a positive at position 1: the head's window is clipped at 0
+    [[0.0, 1.5], [20.0, 40.0]],  # two windows: one run of positives per window and level
+    [[30.0, 40.0]],  # reaching past the shorter clips' ends (positives only where valid)
+])
+def test_sparse_regression_head_gives_the_dense_losses_and_gradients(segments):
+    """Running the regression head only around the positives (training) changes no loss and no gradient."""
+    sparse, dense = _sparse_and_dense()
+    batch_items = [dict(item, segments=torch.tensor(segments, dtype=torch.float64),
+                        one_hot_labels=torch.ones(len(segments), 1, dtype=torch.int64)) for item in items()]
+    got, want = sparse(batch_items), dense(batch_items)
+    for key in ("cls_loss", "reg_loss", "final_loss"):
+        assert abs(got[key].item() - want[key].item()) <= 1e-6 * max(1.0, abs(want[key].item()))
+    assert want["reg_loss"].item() > 0
+    grads_sparse = torch.autograd.grad(got["final_loss"], list(sparse.parameters()))
+    grads_dense = torch.autograd.grad(want["final_loss"], list(dense.parameters()))
+    for (name, _), a, b in zip(sparse.named_parameters(), grads_sparse, grads_dense):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+
+
+def test_regression_head_at_positives_equals_the_full_head_there_and_is_zero_elsewhere():
+    head = RegHead(4, 4, fpn_levels=2, num_layers=3, kernel_size=3, with_ln=True)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for param in head.parameters():
+            param.uniform_(0.5, 1.5)
+    feats = [torch.randn(3, 4, 20), torch.randn(3, 4, 10)]
+    masks = [torch.arange(20)[None, None, :] < torch.tensor([20, 14, 9])[:, None, None],
+             torch.arange(10)[None, None, :] < torch.tensor([10, 7, 5])[:, None, None]]
+    positives = [torch.zeros(3, 20, dtype=torch.bool), torch.zeros(3, 10, dtype=torch.bool)]
+    positives[0][0, [0, 1, 2]] = True  # at the start: the window is cut at position 0
+    positives[0][1, [12, 13]] = True  # up to the last valid position (padded columns follow)
+    positives[0][2, [4, 8]] = True  # two positions far apart: one window spans both
+    positives[1][0, [9]] = True  # the last position of the level
+    full = head(feats, masks)
+    sparse = head.forward_at(feats, masks, positives)
+    assert head.receptive_radius == 3
+    for level in range(2):
+        keep = positives[level][:, None, :]
+        assert torch.allclose(sparse[level], full[level] * keep, atol=1e-6)
+        assert (sparse[level][~keep.expand_as(sparse[level])] == 0).all()
 
 
 def test_reference_video_padding_is_never_trimmed():
