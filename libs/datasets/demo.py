@@ -62,6 +62,7 @@ OBJECT_AMPLITUDE = 0.8
 VERB_AMPLITUDE = 0.4
 SCENE_AMPLITUDE = 0.5
 TOKEN_NOISE = 0.1
+CONTEXT_AMPLITUDE = 0.0
 
 OBJECTS = (
     "knife", "phone", "cup", "bowl", "screwdriver", "tape measure", "spoon", "plate", "bottle",
@@ -224,7 +225,10 @@ def _make_clip(rng: np.random.Generator, words: WordSpace, video_offset: float, 
 
 def _token_features(rng: np.random.Generator, words: WordSpace, text: str) -> np.ndarray:
     """``(L, C_t)`` float32: each token's word embedding plus small noise."""
-    tokens = np.stack([words.embedding(t) for t in query_tokens(text)])  # (L, C_t)
+    content = {w for o in OBJECTS for w in o.split()} | set(VERBS)
+    toks = query_tokens(text)
+    context = np.mean([words.embedding(t) for t in toks if t in content], axis=0)
+    tokens = np.stack([words.embedding(t) for t in toks]) + CONTEXT_AMPLITUDE * context  # (L, C_t)
     return (tokens + TOKEN_NOISE * rng.standard_normal(tokens.shape)).astype(np.float32)
 
 
