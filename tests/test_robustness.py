@@ -132,10 +132,12 @@ def eval_argv(tiny, out, *extra, checkpoint=None):
 
 
 def poisoned_store(tiny, path, what, change):
-    """A copy of the demo's video (``what="video"``) or text store with one array changed."""
+    """A copy of the demo's video (``what="video"``) or text store with the array of the first
+    val query (its clip or its text) changed; returns that array's id."""
     source = open_store(str(tiny["data"] / f"{what}_features.h5"))
     arrays = {key: source[key] for key in source.keys()}
-    key = sorted(arrays)[0]
+    first_val_query = read_jsonl(tiny["cfg"]["dataset"]["val_jsonl_file"], require_timestamps=True)[0]
+    key = first_val_query["video_id" if what == "video" else "query_id"]
     arrays[key] = change(arrays[key].copy())
     write_store(str(path), sorted(arrays.items()), kind="hdf5")
     return key
@@ -348,12 +350,12 @@ def test_empty_feature_array(tiny, tmp_path, what):
 
 def test_clip_missing_from_store_through_eval(tiny, tmp_path, capsys):
     source = open_store(str(tiny["data"] / "video_features.h5"))
-    keys = sorted(source.keys())
+    missing = read_jsonl(tiny["cfg"]["dataset"]["val_jsonl_file"], require_timestamps=True)[0]["video_id"]
     store = tmp_path / "few.h5"
-    write_store(str(store), [(k, source[k]) for k in keys[1:]], kind="hdf5")
+    write_store(str(store), [(k, source[k]) for k in sorted(source.keys()) if k != missing], kind="hdf5")
     out = tmp_path / "out"
     message = user_error(eval_cli.main, eval_argv(tiny, out, "--opt", f"dataset.video_feat_dir={store}"), capsys)
-    assert message.startswith(f"error: id {keys[0]!r} not found in hdf5 feature store {store}; ")
+    assert message.startswith(f"error: id {missing!r} not found in hdf5 feature store {store}; ")
     assert not out.exists()
 
 

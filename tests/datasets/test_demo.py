@@ -11,6 +11,7 @@ from libs.datasets.demo import (
     FEAT_STRIDE,
     FPS,
     JSONL_FILES,
+    OBJECTS,
     TEXT_STORE,
     VIDEO_STORE,
     WordSpace,
@@ -109,6 +110,22 @@ def test_signal_marks_the_ground_truth_window(demo):
                     hits += q["clip_start_sec"] - 0.6 <= peak <= q["clip_end_sec"] + 0.6
                     total += 1
     assert total > 50 and hits / total >= 0.95
+
+
+def test_some_object_is_in_view_everywhere(demo):
+    """Between the windows, unqueried objects fill the time: "an object is here" gives no answer."""
+    out, meta = demo
+    words = WordSpace(0, meta["text_dim"], meta["video_dim"])
+    signatures = np.stack([words.signature(o) for o in OBJECTS])  # (K, C_v), unit variance
+    video = open_store(os.path.join(out, VIDEO_STORE))
+    with open(os.path.join(out, OFFICIAL["val"])) as f:
+        data = json.load(f)
+    for v in data["videos"]:
+        for clip in v["clips"]:
+            feats = np.asarray(video[clip["clip_uid"]], dtype=np.float64)
+            # an object's own signature projects to OBJECT_AMPLITUDE (0.8); others to about 0 +- 0.1
+            best = (feats @ signatures.T / meta["video_dim"]).max(axis=1)
+            assert (best > 0.4).mean() >= 0.95, clip["clip_uid"]
 
 
 def _items(out, video_store, text_store):
