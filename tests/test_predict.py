@@ -237,7 +237,7 @@ def test_command_line_plot(cli_run, capsys):
 WORDED = dict(seed=0, num_train_clips=40, num_val_clips=20, num_test_clips=1, video_dim=32, num_objects=8,
               duration_range=(40.0, 60.0), window_range=(2.0, 8.0), queries_range=(3, 4), distractors_per_clip=2)
 WORDED_MODEL = dict(backbone_arch=[2, 1, 1, 0, 2], n_head=4, embd_dim=64, fpn_dim=64, head_dim=64, input_vid_dim=32,
-                    input_txt_dim=384, max_seq_len=128, n_mha_win_size=9, use_abs_pe=True,
+                    input_txt_dim=384, max_seq_len=128, n_mha_win_size=9, use_abs_pe=False,
                     regression_range=[[0, 4], [4, 8], [8, 10000]],
                     train_cfg=dict(init_loss_norm=50, droppath=0.0, label_smoothing=0.1),
                     test_cfg=dict(max_seg_num=5, min_score=0.001, pre_nms_topk=500, duration_thresh=0.001))
@@ -314,6 +314,7 @@ def test_rephrased_questions_are_grounded_by_reading_them(tmp_path):
     reader_rate = top1_hit_rate(reader, rephrased, "rephrased")
     guesser_rate = top1_hit_rate(guesser, rephrased, "rephrased")
     print(f"R@1 IoU>0.3 on rephrased questions: trained {reader_rate:.3f}, text-shuffled {guesser_rate:.3f}")
-    # chance is about 1 in 5 windows per clip; measured here: 0.69 vs 0.21
+    # chance is about 1 in 5 windows per clip; measured here: 0.61-0.65 vs 0.13-0.23 (two float roundings
+    # of the same training; with the absolute position encoding the trained rate swung 0.37-0.78)
     assert reader_rate >= 0.45
     assert reader_rate >= guesser_rate + 0.25

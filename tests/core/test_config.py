@@ -17,7 +17,8 @@ CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 FINETUNE = os.path.join(CONFIG_DIR, "ego4d_nlq_v2_pretrain_finetune_internvideo_2.5e-5.yaml")
 
 # keys this project adds to the reference's model / test_cfg sections
-OUR_MODEL_KEYS = {"video_pad_mode", "text_pad_mode", "use_sdpa", "local_attn_impl", "trim_pyramid", "compile"}
+OUR_MODEL_KEYS = {"video_pad_mode", "text_pad_mode", "use_sdpa", "local_attn_impl", "trim_pyramid", "sparse_reg_head",
+                  "compile"}
 OUR_TEST_CFG_KEYS = {"nms_backend", "nms_early_stop", "half_window_offset"}
 
 # golden/README.md: the tiny model = the finetune config with these overrides
