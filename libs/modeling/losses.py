@@ -118,6 +118,12 @@ class LossNormalizer:
         return f"LossNormalizer(value={self.value}, momentum={self.momentum})"
 
 
+def positive_points(targets: Tensor, valid: Tensor) -> Tensor:
+    """``(B, P)`` bool: the points with a label (``targets`` ``(B, P, C)``) at valid positions
+    (``valid`` ``(B, P)``), the only ones the regression loss reads."""
+    return (targets.sum(-1) > 0) & valid
+
+
 def compute_losses(
     fpn_masks: List[Tensor],
     cls_logits: List[Tensor],
@@ -142,7 +148,7 @@ def compute_losses(
     """
     valid = torch.cat(fpn_masks, dim=1)  # (B, P) bool
     targets = torch.stack(gt_cls)  # (B, P, C)
-    positive = (targets.sum(-1) > 0) & valid  # (B, P)
+    positive = positive_points(targets, valid)  # (B, P)
 
     num_pos = int(positive.sum().item())  # the one host sync of a step
     norm = normalizer.update(num_pos)

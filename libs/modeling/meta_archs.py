@@ -326,7 +326,7 @@ class LocPointTransformer(nn.Module):
         offsets = outputs.offsets
         if self.sparse_reg_head:
             lengths = [m.shape[1] for m in outputs.fpn_masks]
-            positive = (torch.stack(gt_cls).sum(-1) > 0) & torch.cat(outputs.fpn_masks, dim=1)  # (Q, P)
+            positive = losses.positive_points(torch.stack(gt_cls), torch.cat(outputs.fpn_masks, dim=1))  # (Q, P)
             offsets = self.reg_head.forward_at(fpn_feats, fpn_masks, list(positive.split(lengths, dim=1)))
             offsets = [x.permute(0, 2, 1) for x in offsets]  # (Q, T_l, 2)
         return losses.compute_losses(outputs.fpn_masks, outputs.cls_logits, offsets, gt_cls, gt_offsets,

@@ -198,17 +198,29 @@ def test_pyramid_lengths_are_the_valid_length_plus_one_column():
     assert pyramid_lengths(1, 8, 4, 2) == [2, 2, 2, 1]
 
 
-def _trimmed_and_full(**extra):
+def _model_pair(first, second):
+    """Two SMALL models with switches ``first`` / ``second`` and the same weights, LayerScale and
+    LayerNorm biases drawn away from their init so that padded columns reach the outputs."""
     torch.manual_seed(0)
-    trimmed = make_meta_arch("LocPointTransformer", **SMALL, trim_pyramid=True, **extra)
-    full = make_meta_arch("LocPointTransformer", **SMALL, trim_pyramid=False, **extra)
-    full.load_state_dict(trimmed.state_dict())
-    with torch.no_grad():  # LayerScale and LayerNorm biases away from init, so padding matters
-        for name, param in trimmed.named_parameters():
+    a = make_meta_arch("LocPointTransformer", **SMALL, **first)
+    b = make_meta_arch("LocPointTransformer", **SMALL, **second)
+    with torch.no_grad():
+        for name, param in a.named_parameters():
             if name.endswith("scale") or (name.endswith("bias") and param.dim() == 3):
                 param.uniform_(0.5, 1.5)
-    full.load_state_dict(trimmed.state_dict())
-    return trimmed, full
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _assert_same_gradients(model_a, loss_a, model_b, loss_b, atol, rtol):
+    grads_a = torch.autograd.grad(loss_a, list(model_a.parameters()))
+    grads_b = torch.autograd.grad(loss_b, list(model_b.parameters()))
+    for (name, _), a, b in zip(model_a.named_parameters(), grads_a, grads_b):
+        assert torch.allclose(a, b, atol=atol, rtol=rtol), name
+
+
+def _trimmed_and_full(**extra):
+    return _model_pair(dict(trim_pyramid=True, **extra), dict(trim_pyramid=False, **extra))
 
 
 @pytest.mark.parametrize("lengths", [(40, 25, 33), (1,), (7,), (8,), (57,), (64,)])
@@ -238,24 +250,7 @@ def test_trimmed_pyramid_gives_the_full_length_losses_and_gradients():
     got, want = trimmed(items()), full(items())
     for key in ("cls_loss", "reg_loss", "final_loss"):
         assert abs(got[key].item() - want[key].item()) <= 1e-6
-    grads_trimmed = torch.autograd.grad(got["final_loss"], list(trimmed.parameters()))
-    grads_full = torch.autograd.grad(want["final_loss"], list(full.parameters()))
-    for a, b in zip(grads_trimmed, grads_full):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
-
-
-def _sparse_and_dense():
-    torch.manual_seed(0)
-    sparse = make_meta_arch("LocPointTransformer", **SMALL, sparse_reg_head=True).train()
-    dense = make_meta_arch("LocPointTransformer", **SMALL, sparse_reg_head=False).train()
-    dense.load_state_dict(sparse.state_dict())
-    with torch.no_grad():  # LayerScale and LayerNorm biases away from init, so padded columns matter
-        for name, param in sparse.named_parameters():
-            if name.endswith("scale") or (name.endswith("bias") and param.dim() == 3):
-                param.uniform_(0.5, 1.5)
-    dense.load_state_dict(sparse.state_dict())
-    sparse.set_drop_path(0.0), dense.set_drop_path(0.0)
-    return sparse, dense
+    _assert_same_gradients(trimmed, got["final_loss"], full, want["final_loss"], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("segments", [
@@ -266,17 +261,16 @@ def _sparse_and_dense():
 ])
 def test_sparse_regression_head_gives_the_dense_losses_and_gradients(segments):
     """Running the regression head only around the positives (training) changes no loss and no gradient."""
-    sparse, dense = _sparse_and_dense()
+    sparse, dense = _model_pair(dict(sparse_reg_head=True), dict(sparse_reg_head=False))
+    sparse.train(), dense.train()
+    sparse.set_drop_path(0.0), dense.set_drop_path(0.0)
     batch_items = [dict(item, segments=torch.tensor(segments, dtype=torch.float64),
                         one_hot_labels=torch.ones(len(segments), 1, dtype=torch.int64)) for item in items()]
     got, want = sparse(batch_items), dense(batch_items)
     for key in ("cls_loss", "reg_loss", "final_loss"):
         assert abs(got[key].item() - want[key].item()) <= 1e-6 * max(1.0, abs(want[key].item()))
     assert want["reg_loss"].item() > 0
-    grads_sparse = torch.autograd.grad(got["final_loss"], list(sparse.parameters()))
-    grads_dense = torch.autograd.grad(want["final_loss"], list(dense.parameters()))
-    for (name, _), a, b in zip(sparse.named_parameters(), grads_sparse, grads_dense):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), name
+    _assert_same_gradients(sparse, got["final_loss"], dense, want["final_loss"], atol=1e-6, rtol=1e-5)
 
 
 def test_regression_head_at_positives_equals_the_full_head_there_and_is_zero_elsewhere():
@@ -405,10 +399,7 @@ def test_training_with_shared_video_rows_gives_reference_losses_and_gradients():
     want = reference(separate_batch)
     for key in ("cls_loss", "reg_loss", "final_loss"):
         assert abs(got[key].item() - want[key].item()) <= 1e-6
-    grads_fast = torch.autograd.grad(got["final_loss"], list(fast.parameters()))
-    grads_ref = torch.autograd.grad(want["final_loss"], list(reference.parameters()))
-    for a, b in zip(grads_fast, grads_ref):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    _assert_same_gradients(fast, got["final_loss"], reference, want["final_loss"], atol=1e-5, rtol=1e-4)
 
 
 def test_eval_results_of_a_clip_batch_equal_one_query_at_a_time():
