@@ -114,6 +114,7 @@ def train(args: argparse.Namespace) -> None:
     import torch
 
     from libs.core.config import load_config, save_config
+    from libs.core.errors import ConfigError
     from libs.datasets.datasets import make_data_loader, make_dataset
     from libs.engine import hooks as H
     from libs.engine.checkpointer import Checkpointer, is_snapshot, load_file
@@ -139,6 +140,12 @@ def train(args: argparse.Namespace) -> None:
     device = comm.init_distributed()
     rank, world_size = comm.get_rank(), comm.get_world_size()
     tcfg = cfg["trainer"]
+    if tcfg["cpu_threads"] is not None:
+        threads = tcfg["cpu_threads"]
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ConfigError(f"{args.config}: trainer.cpu_threads must be a positive integer or null, "
+                              f"got {threads!r}")
+        torch.set_num_threads(threads)
 
     folder = run_folder(cfg, args.config, args.output)
     if rank == 0:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the built-in demo dataset (real Ego4D-NLQ formats, learnable signal) to a folder.
 
-    python tools/make_demo_data.py --out data/demo [--seed 0] [--num-train-clips 48] ...
+    python tools/make_demo_data.py --out data/demo [--seed 0] [--num-train-clips 192] ...
     python tools/make_demo_data.py --out data/demo_worded --text-encoder minilm
 
 ``--text-encoder`` writes the worded variant (``libs/datasets/demo_worded.py``): natural-language
@@ -22,6 +22,13 @@ DEFAULT_WORDED_OUT = "data/demo_worded"
 DEFAULT_TEXT_DIM = 64
 
 
+def clip_counts(args) -> dict:
+    """The clip counts given on the command line; the generators' own defaults fill the rest."""
+    counts = {"num_train_clips": args.num_train_clips, "num_val_clips": args.num_val_clips,
+              "num_test_clips": args.num_test_clips}
+    return {key: value for key, value in counts.items() if value is not None}
+
+
 def make_worded(args) -> dict:
     """The worded variant: build the text encoder, then the data (imported here: optional extra)."""
     from libs.datasets.demo_worded import make_worded_demo_data
@@ -29,9 +36,7 @@ def make_worded(args) -> dict:
 
     options = {"weights_path": args.clip_weights} if args.text_encoder == "clip" else {}
     encoder = make_text_encoder(args.text_encoder, **options)
-    return make_worded_demo_data(args.out, encoder, seed=args.seed, num_train_clips=args.num_train_clips,
-                                 num_val_clips=args.num_val_clips, num_test_clips=args.num_test_clips,
-                                 video_dim=args.video_dim)
+    return make_worded_demo_data(args.out, encoder, seed=args.seed, video_dim=args.video_dim, **clip_counts(args))
 
 
 def main(argv=None) -> int:
@@ -39,9 +44,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None,
                         help="output folder (created; default data/demo, or data/demo_worded with --text-encoder)")
     parser.add_argument("--seed", type=int, default=0, help="the same seed writes identical files")
-    parser.add_argument("--num-train-clips", type=int, default=48)
-    parser.add_argument("--num-val-clips", type=int, default=12)
-    parser.add_argument("--num-test-clips", type=int, default=12)
+    parser.add_argument("--num-train-clips", type=int, default=None,
+                        help="default 192 (48 with --text-encoder)")
+    parser.add_argument("--num-val-clips", type=int, default=None, help="default 12")
+    parser.add_argument("--num-test-clips", type=int, default=None, help="default 12")
     parser.add_argument("--video-dim", type=int, default=128)
     parser.add_argument("--text-dim", type=int, default=None,
                         help=f"random-word text features (default {DEFAULT_TEXT_DIM}); not with --text-encoder")
@@ -60,9 +66,8 @@ def main(argv=None) -> int:
             meta = make_worded(args)
         else:
             text_dim = DEFAULT_TEXT_DIM if args.text_dim is None else args.text_dim
-            meta = make_demo_data(args.out, seed=args.seed, num_train_clips=args.num_train_clips,
-                                  num_val_clips=args.num_val_clips, num_test_clips=args.num_test_clips,
-                                  video_dim=args.video_dim, text_dim=text_dim)
+            meta = make_demo_data(args.out, seed=args.seed, video_dim=args.video_dim, text_dim=text_dim,
+                                  **clip_counts(args))
         print(f"demo data written to {args.out}")
         print(json.dumps(meta["statistics"], indent=2))
 

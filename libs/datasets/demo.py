@@ -13,7 +13,10 @@ Everything is derived from one seed, so the same call writes byte-identical file
 * ``demo_meta.json``: the generation parameters and the statistics of what was written.
 
 A learnable cross-modal signal: each query names an object (and often a verb) with a real
-Ego4D template. A token's feature is its word's fixed random embedding plus small noise. Inside
+Ego4D template. A token's feature is its word's fixed random embedding plus small noise; the
+tokens of object words also carry a shared "noun" direction, as a real text encoder's features
+carry a word's part of speech (it gives the cross-attention one handle on "the object word" for
+every object, so learning to match objects starts sooner). Inside
 a query's window the video carries the object's *signature* (a fixed random projection of the
 object's word embeddings, plus a weaker verb signature); the other queries' windows carry
 their objects, and the time between windows is covered, back to back, by objects no query of
@@ -64,6 +67,9 @@ OBJECT_AMPLITUDE = 0.8
 VERB_AMPLITUDE = 0.4
 SCENE_AMPLITUDE = 0.5
 TOKEN_NOISE = 0.1
+# the shared direction of object-word tokens, in text features only (0.5: learning to match
+# started epochs sooner than with 0 or 1.0, where all object tokens look too much alike)
+NOUN_AMPLITUDE = 0.5
 
 OBJECTS = (
     "knife", "phone", "cup", "bowl", "screwdriver", "tape measure", "spoon", "plate", "bottle",
@@ -72,6 +78,7 @@ OBJECTS = (
     "cable", "jar", "kettle", "mug", "nail", "plank", "shoe", "pot", "tray", "rag", "ladder",
     "cutting board", "wrench", "onion", "tomato", "flour",
 )
+OBJECT_WORDS = frozenset(word for obj in OBJECTS for word in obj.split())
 VERBS = ("put", "pour", "cut", "take", "wash", "open", "hold", "pick", "drop", "move")
 NO_VERB = "[verb_not_applicable]"
 
@@ -112,6 +119,7 @@ class WordSpace:
         self.seed, self.text_dim, self.video_dim = seed, text_dim, video_dim
         rng = np.random.default_rng([seed, 1])
         self.projection = rng.standard_normal((video_dim, text_dim)) / math.sqrt(text_dim)  # (C_v, C_t)
+        self.noun_direction = np.random.default_rng([seed, 4]).standard_normal(text_dim)  # (C_t,)
         self._cache: Dict[str, np.ndarray] = {}
 
     def embedding(self, word: str) -> np.ndarray:
@@ -120,6 +128,12 @@ class WordSpace:
             rng = np.random.default_rng([self.seed, 2, zlib.crc32(word.encode("utf-8"))])
             self._cache[word] = rng.standard_normal(self.text_dim)
         return self._cache[word]
+
+    def token(self, word: str) -> np.ndarray:
+        """``(C_t,)`` noise-free token feature: the embedding, plus the noun direction for object words."""
+        if word in OBJECT_WORDS:
+            return self.embedding(word) + NOUN_AMPLITUDE * self.noun_direction
+        return self.embedding(word)
 
     def signature(self, phrase: str) -> np.ndarray:
         """``(C_v,)`` unit-variance video signature of a phrase (mean of its word embeddings, projected)."""
@@ -258,8 +272,8 @@ def _fill_background(rng: np.random.Generator, words: WordSpace, feats: np.ndarr
 
 
 def _token_features(rng: np.random.Generator, words: WordSpace, text: str) -> np.ndarray:
-    """``(L, C_t)`` float32: each token's word embedding plus small noise."""
-    tokens = np.stack([words.embedding(t) for t in query_tokens(text)])  # (L, C_t)
+    """``(L, C_t)`` float32: each token's feature (``WordSpace.token``) plus small noise."""
+    tokens = np.stack([words.token(t) for t in query_tokens(text)])  # (L, C_t)
     return (tokens + TOKEN_NOISE * rng.standard_normal(tokens.shape)).astype(np.float32)
 
 
@@ -306,7 +320,7 @@ def demo_statistics(records_by_split: Dict[str, List[dict]]) -> Dict[str, Any]:
     }
 
 
-def make_demo_data(out_dir: str, seed: int = 0, num_train_clips: int = 48, num_val_clips: int = 12,
+def make_demo_data(out_dir: str, seed: int = 0, num_train_clips: int = 192, num_val_clips: int = 12,
                    num_test_clips: int = 12, video_dim: int = 128, text_dim: int = 64,
                    video_dtype: str = "float16") -> Dict[str, Any]:
     """Write the demo dataset to ``out_dir`` (see the module docstring); returns ``demo_meta.json``'s content."""

@@ -11,6 +11,8 @@ from libs.datasets.demo import (
     FEAT_STRIDE,
     FPS,
     JSONL_FILES,
+    NOUN_AMPLITUDE,
+    OBJECT_WORDS,
     OBJECTS,
     TEXT_STORE,
     VIDEO_STORE,
@@ -69,7 +71,7 @@ def test_jsonl_is_the_conversion_of_the_official_json(demo):
 def test_statistics_near_real_targets(demo):
     _, meta = demo
     stats = meta["statistics"]
-    assert stats["clips"] == 72
+    assert stats["clips"] == 192 + 12 + 12
     assert stats["median_clip_sec"] == 480.0
     assert 0.6 <= stats["fraction_clips_480s"] <= 0.95
     assert stats["max_features"] == 898  # 480 s at 30 / 16.043 features per second
@@ -88,9 +90,24 @@ def test_feature_stores_match_annotations(demo):
             feats = video[record["video_id"]]
             assert feats.shape == (int(round(record["duration"] * FPS / FEAT_STRIDE)), meta["video_dim"])
             tokens = text[record["query_id"]]
-            expected = np.stack([words.embedding(t) for t in query_tokens(record["query"])])
+            expected = np.stack([words.token(t) for t in query_tokens(record["query"])])
             assert tokens.shape == expected.shape
-            assert np.abs(tokens - expected).max() < 1.0  # word embedding + small noise
+            assert np.abs(tokens - expected).max() < 1.0  # token feature + small noise
+
+
+def test_object_word_tokens_share_the_noun_direction(demo):
+    """Object words' tokens carry NOUN_AMPLITUDE of the shared direction; other words none of it."""
+    out, meta = demo
+    words = WordSpace(0, meta["text_dim"], meta["video_dim"])
+    text = open_store(os.path.join(out, TEXT_STORE))
+    noun = words.noun_direction
+    on_noun = {True: [], False: []}
+    for record in read_jsonl(os.path.join(out, JSONL_FILES["val"]), require_timestamps=True):
+        for token, feat in zip(query_tokens(record["query"]), text[record["query_id"]]):
+            residual = feat - words.embedding(token)  # noun part + noise
+            on_noun[token in OBJECT_WORDS].append(residual @ noun / (noun @ noun))
+    assert np.allclose(on_noun[True], NOUN_AMPLITUDE, atol=0.1)
+    assert np.allclose(on_noun[False], 0.0, atol=0.1)
 
 
 def test_signal_marks_the_ground_truth_window(demo):
