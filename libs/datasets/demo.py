@@ -67,8 +67,8 @@ OBJECT_AMPLITUDE = 0.8
 VERB_AMPLITUDE = 0.4
 SCENE_AMPLITUDE = 0.5
 TOKEN_NOISE = 0.1
-# the shared direction of object-word tokens, in text features only (0.5: learning to match
-# started epochs sooner than with 0 or 1.0, where all object tokens look too much alike)
+# the shared direction of object-word tokens, in text features only (at 1.0 object tokens look
+# too much alike and learning was slower; single runs, see the README's demo section)
 NOUN_AMPLITUDE = 0.5
 
 OBJECTS = (
