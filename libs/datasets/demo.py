@@ -15,8 +15,8 @@ Everything is derived from one seed, so the same call writes byte-identical file
 A learnable cross-modal signal: each query names an object (and often a verb) with a real
 Ego4D template. A token's feature is its word's fixed random embedding plus small noise; the
 tokens of object words also carry a shared "noun" direction, as a real text encoder's features
-carry a word's part of speech (it gives the cross-attention one handle on "the object word" for
-every object, so learning to match objects starts sooner). Inside
+carry a word's part of speech (one handle on "the object word" for the cross-attention, the same
+for every object). Inside
 a query's window the video carries the object's *signature* (a fixed random projection of the
 object's word embeddings, plus a weaker verb signature); the other queries' windows carry
 their objects, and the time between windows is covered, back to back, by objects no query of
