@@ -133,6 +133,12 @@ def train(args: argparse.Namespace) -> None:
     if args.ckpt_freq is not None:
         overrides.append(f"trainer.checkpoint_freq={args.ckpt_freq}")
     cfg = load_config(args.config, overrides=overrides)
+    threads = cfg["trainer"]["cpu_threads"]  # checked with the config, before anything starts
+    if threads is not None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ConfigError(f"{args.config}: trainer.cpu_threads must be a positive integer or null, "
+                              f"got {threads!r}")
+        torch.set_num_threads(threads)
     # read an explicit --resume file first: a damaged one must fail before anything is written
     resume_state = None
     if args.resume and args.resume != "auto":
@@ -140,12 +146,6 @@ def train(args: argparse.Namespace) -> None:
     device = comm.init_distributed()
     rank, world_size = comm.get_rank(), comm.get_world_size()
     tcfg = cfg["trainer"]
-    if tcfg["cpu_threads"] is not None:
-        threads = tcfg["cpu_threads"]
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ConfigError(f"{args.config}: trainer.cpu_threads must be a positive integer or null, "
-                              f"got {threads!r}")
-        torch.set_num_threads(threads)
 
     folder = run_folder(cfg, args.config, args.output)
     if rank == 0:
