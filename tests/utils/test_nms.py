@@ -9,6 +9,7 @@ keep 38, 28, 29, 30, ...), soft NMS by the reference's working-array order. No c
 xfail. The CUDA backend runs the same tests when a GPU and the kernel are present.
 """
 import math
+import os
 import random
 import warnings
 
@@ -258,6 +259,17 @@ def test_missing_extension_falls_back_to_torch_with_one_warning(monkeypatch):
         assert torch.equal(a, c) and torch.equal(b, c)
     with pytest.raises(RuntimeError, match="not built"):
         nms(segs, scores, 0.1, backend="cpp")
+
+
+def test_the_backends_this_machine_expects_are_built():
+    """Where ``GROUNDNLQ_EXPECT_NMS_BACKENDS`` names backends (CI: ``cpp``; a GPU check:
+    ``cpp,cuda``), they must have loaded: otherwise a silently skipped build would turn every
+    compiled-backend test above into a skip and the suite would still pass."""
+    expected = [name for name in os.environ.get("GROUNDNLQ_EXPECT_NMS_BACKENDS", "").split(",") if name]
+    if not expected:
+        pytest.skip("GROUNDNLQ_EXPECT_NMS_BACKENDS is not set")
+    missing = sorted(set(expected) - set(available_backends()))
+    assert not missing, f"NMS backends {missing} expected but not usable (built: {available_backends()})"
 
 
 # --------------------------------------------------------------------------------------------
