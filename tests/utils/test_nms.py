@@ -345,3 +345,63 @@ def test_backends_agree_on_nan_scores(other):
             assert torch.allclose(dets_t, dets_o.cpu(), rtol=0, atol=SCORE_ATOL, equal_nan=True)
         keep_o = nms(segs.to(device), scores.to(device), 0.1, backend=other).cpu()
         assert torch.equal(nms(segs, scores, 0.1, backend="torch"), keep_o)
+
+
+def _large_problem(num: int, seed: int):
+    """Decoder-like candidates, more than one CUDA block's 256 threads: several pyramid levels of
+    grid windows, most scores near the classifier prior (many fall below ``min_score`` once
+    decayed), a few strong and overlapping ones, and some exact ties."""
+    gen = torch.Generator().manual_seed(seed)
+    stride = 2.0 ** torch.randint(0, 7, (num,), generator=gen).float()
+    centre = torch.rand(num, generator=gen) * 2560
+    half = stride[:, None] * torch.exp(torch.rand(num, 2, generator=gen) * 2.0)  # (N, 2)
+    segs = torch.stack([centre - half[:, 0], centre + half[:, 1]], dim=1)
+    scores = torch.sigmoid(torch.randn(num, generator=gen) * 1.5 - 4.6)
+    scores[: num // 10] = scores[num // 10: 2 * (num // 10)]  # exact ties
+    return segs, scores
+
+
+@pytest.mark.parametrize("other", COMPILED)
+@pytest.mark.parametrize("num", [300, 1100])
+def test_backends_agree_on_problems_larger_than_a_thread_block(other, num):
+    """The CUDA kernel works in chunks of 256 candidates (argmax, scans, compaction); the random
+    cases above never leave the first chunk."""
+    device = _device(other)
+    segs, scores = _large_problem(num, seed=num)
+    for method, min_score, max_keep in [(2, 0.001, None), (1, 0.0011, None), (0, 0.001, 50), (2, 0.0, 20)]:
+        args = (0.1, 0.75, min_score, method)
+        dets_t, inds_t = softnms(segs, scores, *args, max_keep=max_keep, backend="torch")
+        dets_o, inds_o = softnms(segs.to(device), scores.to(device), *args, max_keep=max_keep, backend=other)
+        assert torch.equal(inds_t, inds_o.cpu()), (method, min_score)
+        atol = SCORE_ATOL if method == 2 else 0.0
+        assert torch.allclose(dets_t, dets_o.cpu(), rtol=0, atol=atol), (method, min_score)
+    keep_t = nms(segs, scores, 0.3, backend="torch")
+    assert torch.equal(keep_t, nms(segs.to(device), scores.to(device), 0.3, backend=other).cpu())
+
+
+@pytest.mark.skipif("cuda" not in available_backends() or "cpp" not in available_backends(),
+                    reason="needs the CUDA kernel and the C++ extension")
+@pytest.mark.parametrize("method", [0, 1, 2])
+def test_cuda_softnms_batched_equals_one_problem_at_a_time(method):
+    """``_nms_cuda.softnms_batched``: one block per problem, empty problems included; each
+    problem's rows equal the C++ soft NMS of that problem alone (local indices)."""
+    rng = random.Random(7 + method)
+    problems = [_random_problem(rng)[:2] for _ in range(40)]
+    problems[5] = (torch.zeros(0, 2), torch.zeros(0))
+    problems[17] = _large_problem(700, seed=3)
+    problems.append((torch.zeros(0, 2), torch.zeros(0)))
+    sizes = [segs.shape[0] for segs, _ in problems]
+    offsets = torch.tensor([0] + sizes).cumsum(0)
+    segs = torch.cat([s for s, _ in problems]).cuda()
+    scores = torch.cat([s for _, s in problems]).cuda()
+    for max_keep in (-1, 5):
+        dets, inds, counts = nms_module._nms_cuda.softnms_batched(segs, scores, offsets, 0.3, 0.5, 0.001,
+                                                                   method, max_keep)
+        dets, inds, counts = dets.cpu(), inds.cpu(), counts.cpu()
+        for b, (p_segs, p_scores) in enumerate(problems):
+            want_dets, want_inds = nms_module._nms_cpu.softnms(p_segs, p_scores, 0.3, 0.5, 0.001, method, max_keep)
+            start, count = int(offsets[b]), int(counts[b])
+            assert count == want_inds.numel(), (b, max_keep)
+            assert torch.equal(inds[start:start + count], want_inds), (b, max_keep)
+            atol = SCORE_ATOL if method == 2 else 0.0
+            assert torch.allclose(dets[start:start + count], want_dets, rtol=0, atol=atol), (b, max_keep)
