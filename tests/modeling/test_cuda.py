@@ -1,0 +1,120 @@
+"""The model and the trainer on a CUDA device (skipped without one): the golden GroundNLQ fixtures
+in float32, bf16 autocast, and AMP training steps. Nothing in the model names a device, so these
+run the same code as the CPU tests; what differs is the kernels (cuBLAS / cuDNN reductions,
+SDPA backends, the NMS kernel), hence the looser tolerances than the CPU parity tests: heads
+2e-4, losses 1e-5 relative, gradients 1e-3 relative + 1e-4, results 1e-3 s and 1e-5.
+
+For a GPU machine without ``../shared``: copy ``../shared/golden`` into the checkout and point
+``GROUNDNLQ_SHARED`` at the copy's parent (``bench/gpu_check.sh`` does).
+"""
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from libs.engine.trainer import HookBase, SimpleTrainer
+from libs.utils.lr_schedule import make_scheduler
+from libs.utils.optim import make_optimizer
+from tests.modeling.test_meta_arch_golden import VARIANTS, build, channel_first, golden, inputs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """TF32 matmuls and convolutions carry 10-bit mantissas: float32 parity needs them off."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def max_gap(got, want):
+    assert got.shape == want.shape
+    return (got.float().cpu() - want.float()).abs().max().item()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("video_pad_mode", ["reference", "exact"])
+def test_golden_heads_and_results_on_cuda(variant, video_pad_mode):
+    want = golden(variant, "outputs_eval.pt")
+    model = build(variant, video_pad_mode=video_pad_mode).to(CUDA)
+    with torch.no_grad():
+        heads = model.forward_heads(model.prepare_batch(inputs(variant)))
+        results = model(inputs(variant))
+    assert heads.cls_logits[0].device.type == "cuda"
+    for level, mask in enumerate(heads.fpn_masks):
+        length = mask.shape[1]
+        valid = mask.cpu()[:, :, None]
+        for got, ref in ((heads.cls_logits[level], want["cls_logits"][level]),
+                         (heads.offsets[level], want["offsets"][level])):
+            ref = ref.permute(0, 2, 1)[:, :length]
+            assert max_gap(got * valid.to(CUDA), ref * valid) <= 2e-4, level
+    assert len(results) == len(want["results"])
+    for got, ref in zip(results, want["results"]):
+        assert got["query_id"] == ref["query_id"]
+        assert max_gap(got["segments"], ref["segments"]) <= 1e-3
+        assert max_gap(got["scores"], ref["scores"]) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_golden_losses_and_gradients_on_cuda(variant):
+    want = golden(variant, "outputs_train.pt")
+    grads = golden(variant, "grads_train.pt")
+    model = build(variant).to(CUDA)
+    model.set_drop_path(0.0)
+    model.train()
+    losses = model(inputs(variant))
+    for key in ("cls_loss", "reg_loss", "final_loss"):
+        assert losses[key].item() == pytest.approx(want["losses"][key].item(), rel=1e-5)
+    losses["final_loss"].backward()
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.grad.cpu(), grads[name], rtol=1e-3, atol=1e-4), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_inference_on_cuda_stays_close(dtype):
+    want = golden("tiny_model", "outputs_eval.pt")
+    model = build("tiny_model").to(CUDA)
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        heads = model.forward_heads(model.prepare_batch(inputs("tiny_model")))
+        results = model(inputs("tiny_model"))
+    for got, ref in zip(channel_first(heads.cls_logits), want["cls_logits"]):
+        assert max_gap(got, ref) < 0.1
+    assert all(torch.isfinite(r["scores"]).all() and r["scores"].numel() > 0 for r in results)
+
+
+class StepRecorder(HookBase):
+    def __init__(self):
+        self.steps = []
+
+    def after_step(self):
+        storage = self.trainer.storage
+        self.steps.append((storage.history("final_loss").latest(), storage.history("grad_norm").latest(),
+                           self.trainer.step_skipped))
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_trainer_steps_on_cuda(amp):
+    """Two optimiser steps of the tiny model through SimpleTrainer: the parameters stay on the
+    GPU, the first loss is near the float32 reference (AMP: within 2%), losses stay finite, and
+    only fp16's scaler may skip a step (an overflow while it calibrates)."""
+    want = golden("tiny_model", "outputs_train.pt")
+    model = build("tiny_model").to(CUDA)
+    model.set_drop_path(0.0)
+    opt_cfg = {"type": "AdamW", "learning_rate": 1e-4, "weight_decay": 0.05, "epochs": 1, "warmup": False,
+               "warmup_epochs": 0, "schedule_type": "cosine"}
+    loader = DataLoader(inputs("tiny_model") * 2, batch_size=3, shuffle=False, collate_fn=lambda b: b)
+    optimizer = make_optimizer(model, opt_cfg)
+    trainer = SimpleTrainer(model, loader, optimizer, make_scheduler(optimizer, opt_cfg, len(loader)),
+                            device=CUDA, clip_grad_l2norm=1.0, amp=amp)
+    recorder = StepRecorder()
+    trainer.register_hooks([recorder])
+    trainer.train(0, 1)
+    assert len(recorder.steps) == 2
+    rel = 1e-5 if amp == "none" else 2e-2
+    assert recorder.steps[0][0] == pytest.approx(want["losses"]["final_loss"].item(), rel=rel)
+    for loss, grad_norm, skipped in recorder.steps:
+        assert torch.isfinite(torch.tensor(loss))
+        assert amp == "fp16" or (not skipped and torch.isfinite(torch.tensor(grad_norm)))
+    assert all(p.device.type == "cuda" for p in model.parameters())
