@@ -4,11 +4,14 @@ Usage (from the repository root)::
 
     python bench/bench_model.py            # full: median of 3 repeats after one warm-up
     python bench/bench_model.py --quick    # within ~3 minutes on 2 cores
+    python bench/bench_model.py --device cuda --amp bf16   # on a GPU, bf16 autocast
 
 Each (task, mode) runs in a fresh subprocess, one after another, so that its peak resident
 memory is its own: ``peak_mb`` = ``ru_maxrss`` at the end minus ``ru_maxrss`` after the model,
 optimizer and inputs were built (torch CPU tensors live in the process heap, so this is the
-memory the steps themselves needed; tracemalloc does not see torch allocations).
+memory the steps themselves needed; tracemalloc does not see torch allocations). With
+``--device cuda`` it is the CUDA allocator's peak above what was allocated before the steps,
+and step times are taken after ``torch.cuda.synchronize()``.
 
 Modes (real-length inputs: clips of ``--clip-len`` x 2304 features, ``--queries`` queries per
 clip with 9-15 text tokens x 512):
@@ -40,6 +43,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -74,6 +78,9 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and reference queries (< 3 min)")
     parser.add_argument("--config", default=CONFIG)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--amp", choices=("none", "bf16"), default="none",
+                        help="bf16 autocast around forward and loss (both modes)")
     parser.add_argument("--clip-len", type=int, default=900, help="video features per clip")
     parser.add_argument("--queries", type=int, default=11, help="queries per clip (inference batch)")
     parser.add_argument("--train-queries", type=int, default=2, help="queries per training step")
@@ -143,7 +150,11 @@ def run_worker(args: argparse.Namespace) -> None:
 
     task, mode, out_path = args.worker.split(":", 2)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     model, cfg = build_model(args.config, mode)
+    model.to(device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp == "bf16" else contextlib.nullcontext
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     warmup = 1
     repeats = args.repeats or (2 if args.quick else 3)
     # --quick, reference inference: a batch of 16 at T = 2560 takes ~30 s, so warm up (and count
@@ -168,7 +179,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
         def step() -> None:
             batch = model.prepare_batch(items)  # collate is part of the step (reference pads here)
-            losses = model(batch)
+            with autocast():
+                losses = model(batch)
             optimizer.zero_grad(set_to_none=True)
             losses["final_loss"].backward()
             if clip > 0:
@@ -191,13 +203,19 @@ def run_worker(args: argparse.Namespace) -> None:
         @torch.no_grad()
         def step(queries: List[Dict[str, Any]] = items) -> None:
             batch = model.prepare_batch(queries)
-            heads = model.forward_heads(batch)
-            model.inference(batch, heads)
+            with autocast():
+                heads = model.forward_heads(batch)
+                model.inference(batch, heads)
             captured["heads"], captured["masks"] = heads, batch
 
         queries_per_step = len(items)
 
-    baseline = maxrss_mb()
+    def peak_mb() -> float:  # the high-water mark so far, process heap or CUDA allocator
+        return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else maxrss_mb()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else maxrss_mb()
     flops = FlopCounterMode(display=False)
     with flops:
         if quick_reference_infer:
@@ -208,8 +226,10 @@ def run_worker(args: argparse.Namespace) -> None:
         step()
     times, cpu_times = [], []
     for _ in range(repeats):
+        sync()
         start, cpu_start = time.perf_counter(), time.process_time()
         step()
+        sync()
         times.append(time.perf_counter() - start)
         cpu_times.append(time.process_time() - cpu_start)
     result.update(
@@ -219,7 +239,7 @@ def run_worker(args: argparse.Namespace) -> None:
         # held the core, so ratios of it are steadier on a shared machine
         step_cpu_s=statistics.median(cpu_times),
         queries_per_step=queries_per_step,
-        peak_mb=maxrss_mb() - baseline,
+        peak_mb=peak_mb() - baseline,
         gflops_per_query=flops.get_total_flops() / 1e9 / (1 if quick_reference_infer else queries_per_step),
         padded_video_length=int(model.prepare_batch(items).videos.shape[-1]),
         level_lengths=model.pyramid_lengths(model.prepare_batch(items)),
@@ -231,11 +251,11 @@ def run_worker(args: argparse.Namespace) -> None:
         valid = [(m[..., None] > 0) for m in heads.fpn_masks]
         torch.save({
             "query_ids": [str(m["query_id"]) for m in captured["masks"].meta],
-            "cls_logits": [(x * v).detach() for x, v in zip(heads.cls_logits, valid)],
-            "offsets": [(x * v).detach() for x, v in zip(heads.offsets, valid)],
-            "masks": [m.detach() for m in heads.fpn_masks],
+            "cls_logits": [(x * v).detach().float().cpu() for x, v in zip(heads.cls_logits, valid)],
+            "offsets": [(x * v).detach().float().cpu() for x, v in zip(heads.offsets, valid)],
+            "masks": [m.detach().cpu() for m in heads.fpn_masks],
             # the reference's outputs depend on whether a query's text was padded (spec 5.6)
-            "text_padded": (~captured["masks"].text_masks[:, 0, -1]).tolist(),
+            "text_padded": (~captured["masks"].text_masks[:, 0, -1]).cpu().tolist(),
         }, out_path)
     print(json.dumps(result), flush=True)
 
@@ -263,7 +283,7 @@ def max_abs_diff(path_a: str, path_b: str) -> float:
 
 
 # ---------------------------------------------------------------------------- driver
-def machine_info() -> Dict[str, Any]:
+def machine_info(device: str) -> Dict[str, Any]:
     import torch
 
     model_name = platform.processor() or "?"
@@ -274,7 +294,8 @@ def machine_info() -> Dict[str, Any]:
                 model_name = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {"cpu": model_name, "cores": os.cpu_count(), "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
+    return {"cpu": model_name, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_start": os.getloadavg()}
 
 
@@ -283,9 +304,9 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
     if args.worker:
         run_worker(args)
         return {}
-    info = machine_info()
-    print(f"# {info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['date']}, "
-          f"load {info['loadavg_start']}, threads {args.threads}", flush=True)
+    info = machine_info(args.device)
+    print(f"# {info['gpu'] or info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['date']}, "
+          f"load {info['loadavg_start']}, threads {args.threads}, device {args.device}, amp {args.amp}", flush=True)
     runs: Dict[str, Dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in TASKS:
@@ -293,6 +314,7 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
                 out = os.path.join(tmp, f"{task}_{mode}.pt")
                 cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"{task}:{mode}:{out}",
                        "--config", args.config, "--threads", str(args.threads), "--clip-len", str(args.clip_len),
+                       "--device", args.device, "--amp", args.amp,
                        "--queries", str(args.queries), "--train-queries", str(args.train_queries),
                        "--reference-eval-batch", str(args.reference_eval_batch)]
                 if args.quick:
@@ -329,7 +351,8 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
         "infer_peak_mb_reference": runs["infer_reference"]["peak_mb"],
         "gflops_per_query": {k: round(v["gflops_per_query"], 2) for k, v in runs.items()},
         "achieved_gflops_per_s": {k: round(v["achieved_gflops_per_s"], 2) for k, v in runs.items()},
-        "machine": {**info, "loadavg_end": os.getloadavg(), "threads": args.threads},
+        "machine": {**info, "loadavg_end": os.getloadavg(), "threads": args.threads,
+                    "device": args.device, "amp": args.amp},
         "quick": args.quick,
     }
     if args.json_out:
