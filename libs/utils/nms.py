@@ -365,8 +365,10 @@ def batched_nms(
     capped at ``max_seg_num``: ``segments (K, 2), scores (K,), labels (K,)``. ``early_stop`` stops
     each NMS after ``max_seg_num`` selections, which gives the same results faster.
     """
-    if segs.shape[0] == 0:
-        return torch.zeros([0, 2]), torch.zeros([0]), torch.zeros([0], dtype=cls_idxs.dtype)
+    if segs.shape[0] == 0:  # the reference's float32 empties, on the input's device
+        device = segs.device
+        return (torch.zeros([0, 2], device=device), torch.zeros([0], device=device),
+                torch.zeros([0], dtype=cls_idxs.dtype, device=cls_idxs.device))
 
     def run(sub_segs, sub_scores, sub_cls):
         if use_soft_nms:

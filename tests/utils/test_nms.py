@@ -218,14 +218,18 @@ def test_seg_voting_weights_by_iou_times_score():
     assert voted.tolist()[0] == pytest.approx([0.0, (0.5 * 10 + 0.9 * 9) / 1.4], abs=1e-6)
 
 
-def test_empty_inputs():
-    empty_segs, empty_scores = torch.zeros(0, 2), torch.zeros(0)
-    labels = torch.zeros(0, dtype=torch.long)
-    segs, scores, out_labels = batched_nms(empty_segs, empty_scores, labels, 0.1, 0.001, 5)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_inputs(backend):
+    device = _device(backend)
+    empty_segs, empty_scores = torch.zeros(0, 2, device=device), torch.zeros(0, device=device)
+    labels = torch.zeros(0, dtype=torch.long, device=device)
+    segs, scores, out_labels = batched_nms(empty_segs, empty_scores, labels, 0.1, 0.001, 5, backend=backend)
     assert segs.shape == (0, 2) and scores.shape == (0,) and out_labels.dtype == torch.long
-    assert nms(empty_segs, empty_scores, 0.1).shape == (0,)
-    dets, inds = softnms(empty_segs, empty_scores, 0.1, 0.75, 0.001)
-    assert dets.shape == (0, 3) and inds.shape == (0,)
+    assert segs.device == scores.device == out_labels.device == device
+    keep = nms(empty_segs, empty_scores, 0.1, backend=backend)
+    assert keep.shape == (0,) and keep.device == device
+    dets, inds = softnms(empty_segs, empty_scores, 0.1, 0.75, 0.001, backend=backend)
+    assert dets.shape == (0, 3) and inds.shape == (0,) and dets.device == inds.device == device
 
 
 def test_bad_inputs_raise_clear_errors():
