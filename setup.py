@@ -83,10 +83,12 @@ def _extensions_and_cmdclass():
         def _skip(self, extensions, error):
             self.failed = tuple(self.failed) + tuple(ext.name for ext in extensions)
             for ext in extensions:
-                warnings.warn(
-                    f"could not build the optional extension {ext.name} ({error}); "
-                    "NMS will use the pure-PyTorch backend"
+                fallback = (
+                    "NMS of CUDA tensors will run on a CPU copy (C++ or PyTorch backend)"
+                    if ext.name.endswith("_cuda")
+                    else "NMS will use the pure-PyTorch backend"
                 )
+                warnings.warn(f"could not build the optional extension {ext.name} ({error}); {fallback}")
 
         def build_extensions(self):  # compiler and CUDA version checks run here, for all
             try:

@@ -16,6 +16,8 @@ out="${1:-${OUT:-gpu_check_out}}"
 mkdir -p "$out"
 log="$out/gpu_check.log"
 [ -d shared/golden ] && export GROUNDNLQ_SHARED="$PWD/shared"
+# torch guesses the toolkit from `which nvcc`, wrong where nvcc is a wrapper script
+[ -z "${CUDA_HOME:-}" ] && [ -d /usr/local/cuda ] && export CUDA_HOME=/usr/local/cuda
 export PYTHONUNBUFFERED=1
 status=0
 step() { echo "== $* ($(date +%T))" | tee -a "$log"; }
