@@ -16,6 +16,7 @@ import warnings
 import pytest
 import torch
 
+from bench.bench_nms import model_like_candidates
 from libs.core.errors import DataError
 from libs.utils import nms as nms_module
 from libs.utils.nms import available_backends, batched_nms, nms, seg_voting, softnms
@@ -352,15 +353,10 @@ def test_backends_agree_on_nan_scores(other):
 
 
 def _large_problem(num: int, seed: int):
-    """Decoder-like candidates, more than one CUDA block's 256 threads: several pyramid levels of
-    grid windows, most scores near the classifier prior (many fall below ``min_score`` once
-    decayed), a few strong and overlapping ones, and some exact ties."""
-    gen = torch.Generator().manual_seed(seed)
-    stride = 2.0 ** torch.randint(0, 7, (num,), generator=gen).float()
-    centre = torch.rand(num, generator=gen) * 2560
-    half = stride[:, None] * torch.exp(torch.rand(num, 2, generator=gen) * 2.0)  # (N, 2)
-    segs = torch.stack([centre - half[:, 0], centre + half[:, 1]], dim=1)
-    scores = torch.sigmoid(torch.randn(num, generator=gen) * 1.5 - 4.6)
+    """More candidates than one CUDA block's 256 threads: the benchmark's decoder-like ones
+    (pyramid levels of grid windows, most scores near the classifier prior, so many fall below
+    ``min_score`` once decayed), with exact ties added."""
+    segs, scores, _ = model_like_candidates(num, seed)
     scores[: num // 10] = scores[num // 10: 2 * (num // 10)]  # exact ties
     return segs, scores
 
