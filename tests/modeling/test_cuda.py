@@ -14,7 +14,15 @@ from torch.utils.data import DataLoader
 from libs.engine.trainer import HookBase, SimpleTrainer
 from libs.utils.lr_schedule import make_scheduler
 from libs.utils.optim import make_optimizer
-from tests.modeling.test_meta_arch_golden import VARIANTS, build, channel_first, golden, inputs
+from tests.modeling.test_meta_arch_golden import (
+    VARIANTS,
+    assert_close,
+    assert_same_results,
+    build,
+    channel_first,
+    golden,
+    inputs,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -27,11 +35,6 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def max_gap(got, want):
-    assert got.shape == want.shape
-    return (got.float().cpu() - want.float()).abs().max().item()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -48,13 +51,8 @@ def test_golden_heads_and_results_on_cuda(variant, video_pad_mode):
         valid = mask.cpu()[:, :, None]
         for got, ref in ((heads.cls_logits[level], want["cls_logits"][level]),
                          (heads.offsets[level], want["offsets"][level])):
-            ref = ref.permute(0, 2, 1)[:, :length]
-            assert max_gap(got * valid.to(CUDA), ref * valid) <= 2e-4, level
-    assert len(results) == len(want["results"])
-    for got, ref in zip(results, want["results"]):
-        assert got["query_id"] == ref["query_id"]
-        assert max_gap(got["segments"], ref["segments"]) <= 1e-3
-        assert max_gap(got["scores"], ref["scores"]) <= 1e-5
+            assert_close(got.cpu() * valid, ref.permute(0, 2, 1)[:, :length] * valid, 2e-4)
+    assert_same_results(results, want["results"], seg_atol=1e-3, score_atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -80,7 +78,7 @@ def test_autocast_inference_on_cuda_stays_close(dtype):
         heads = model.forward_heads(model.prepare_batch(inputs("tiny_model")))
         results = model(inputs("tiny_model"))
     for got, ref in zip(channel_first(heads.cls_logits), want["cls_logits"]):
-        assert max_gap(got, ref) < 0.1
+        assert got.shape == ref.shape and (got.float().cpu() - ref).abs().max() < 0.1
     assert all(torch.isfinite(r["scores"]).all() and r["scores"].numel() > 0 for r in results)
 
 
