@@ -114,7 +114,6 @@ def train(args: argparse.Namespace) -> None:
     import torch
 
     from libs.core.config import load_config, save_config
-    from libs.core.errors import ConfigError
     from libs.datasets.datasets import make_data_loader, make_dataset
     from libs.engine import hooks as H
     from libs.engine.checkpointer import Checkpointer, is_snapshot, load_file
@@ -133,12 +132,8 @@ def train(args: argparse.Namespace) -> None:
     if args.ckpt_freq is not None:
         overrides.append(f"trainer.checkpoint_freq={args.ckpt_freq}")
     cfg = load_config(args.config, overrides=overrides)
-    threads = cfg["trainer"]["cpu_threads"]  # checked with the config, before anything starts
-    if threads is not None:
-        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ConfigError(f"{args.config}: trainer.cpu_threads must be a positive integer or null, "
-                              f"got {threads!r}")
-        torch.set_num_threads(threads)
+    if cfg["trainer"]["cpu_threads"] is not None:  # validated by load_config
+        torch.set_num_threads(cfg["trainer"]["cpu_threads"])
     # read an explicit --resume file first: a damaged one must fail before anything is written
     resume_state = None
     if args.resume and args.resume != "auto":

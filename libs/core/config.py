@@ -282,6 +282,9 @@ _EXTRA_TYPES: dict[tuple[str, ...], tuple[type, ...]] = {
     ("model", "compile"): (str,),  # a torch.compile backend name, e.g. "inductor"
 }
 
+# keys that default to None (unset) and, when set, must be a positive integer
+_OPTIONAL_POSITIVE_INTS = {("trainer", "cpu_threads")}
+
 # YAML 1.1 (PyYAML) reads "1e-4" as a string; accept such numbers where a float is expected
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
@@ -409,6 +412,9 @@ def _check_derived(user: dict, cfg: dict, source: str) -> None:
 def _checked_value(value: Any, default: Any, key_path: tuple[str, ...], name: str, source: str) -> Any:
     """The value if its type fits the default's (int for float; list for tuple); else ConfigError."""
     if default is None:
+        positive = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        if key_path in _OPTIONAL_POSITIVE_INTS and value is not None and not positive:
+            raise ConfigError(f"{source}: {name} must be a positive integer or null, got {value!r}")
         return value
     if isinstance(value, (str,)) and isinstance(default, float) and _SCIENTIFIC.match(value.strip()):
         return float(value)
