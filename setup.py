@@ -69,6 +69,7 @@ def _extensions_and_cmdclass():
             cpp_extension.CUDAExtension(
                 "libs.utils._nms_cuda",
                 [os.path.join(CSRC, "nms_cuda_binding.cpp"), os.path.join(CSRC, "nms_cuda.cu")],
+                depends=[os.path.join(CSRC, "nms_cuda_kernels.cuh")],
                 # IEEE division and no FMA contraction: the kernel must round like the CPU code
                 extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--fmad=false"]},
                 extra_link_args=rpath,

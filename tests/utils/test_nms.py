@@ -16,14 +16,13 @@ import warnings
 import pytest
 import torch
 
-from bench.bench_nms import model_like_candidates
 from libs.core.errors import DataError
 from libs.utils import nms as nms_module
 from libs.utils.nms import available_backends, batched_nms, nms, seg_voting, softnms
 from tests.conftest import require_shared
+from tests.utils.nms_cases import SCORE_ATOL, large_problem, random_problem
 
 BATCHED_TAGS = ("config", "hard", "agnostic_voting", "soft_max50")
-SCORE_ATOL = 1e-7  # decayed soft-NMS scores (method 2)
 VOTING_ATOL = 1e-6  # voted windows: a float32 matmul over all candidates
 
 
@@ -280,41 +279,12 @@ def test_the_backends_this_machine_expects_are_built():
 # --------------------------------------------------------------------------------------------
 # backends against each other on random and adversarial inputs
 # --------------------------------------------------------------------------------------------
-def _random_problem(rng: random.Random):
-    """Small inputs rich in the hard cases: exact ties, duplicates, zero lengths, nesting."""
-    n = rng.randint(1, 24)
-    kind = rng.choice(["uniform", "ties", "duplicates", "zero_length", "nested", "below_min"])
-    segs = []
-    for _ in range(n):
-        centre, length = rng.uniform(-5, 60), math.exp(rng.uniform(math.log(0.01), math.log(40)))
-        if kind == "zero_length" and rng.random() < 0.5:
-            length = 0.0
-        segs.append([centre - length / 2, centre + length / 2])
-    if kind == "duplicates":
-        segs = [list(segs[rng.randrange(min(3, n))]) for _ in range(n)]
-    if kind == "nested":
-        segs = [[10.0 - k * 0.7, 12.0 + k * 0.9] for k in range(n)]
-    if kind == "ties":
-        scores = [rng.choice([0.2, 0.5, 0.5, 0.9]) for _ in range(n)]
-    elif kind == "below_min":
-        scores = [rng.choice([0.0005, 0.001, 0.0011, 0.3]) for _ in range(n)]
-    else:
-        scores = [rng.random() for _ in range(n)]
-    params = {
-        "iou_threshold": rng.choice([0.1, 0.3, 0.5, 0.7]),
-        "sigma": rng.choice([0.3, 0.5, 0.75]),
-        "min_score": rng.choice([0.0, 0.001, 0.01, 0.1]),
-    }
-    labels = torch.tensor([rng.randrange(2) for _ in range(n)], dtype=torch.long)
-    return torch.tensor(segs, dtype=torch.float32), torch.tensor(scores, dtype=torch.float32), labels, params
-
-
 @pytest.mark.parametrize("other", COMPILED)
 def test_backends_agree_on_random_and_adversarial_inputs(other):
     rng = random.Random(20240607)
     device = _device(other)
     for trial in range(2000):
-        segs, scores, labels, p = _random_problem(rng)
+        segs, scores, labels, p = random_problem(rng)
         method = trial % 3
         max_keep = None if trial % 4 == 0 else rng.randint(1, 6)  # mostly early stop (fast)
         d_segs, d_scores = segs.to(device), scores.to(device)
@@ -352,22 +322,13 @@ def test_backends_agree_on_nan_scores(other):
         assert torch.equal(nms(segs, scores, 0.1, backend="torch"), keep_o)
 
 
-def _large_problem(num: int, seed: int):
-    """More candidates than one CUDA block's 256 threads: the benchmark's decoder-like ones
-    (pyramid levels of grid windows, most scores near the classifier prior, so many fall below
-    ``min_score`` once decayed), with exact ties added."""
-    segs, scores, _ = model_like_candidates(num, seed)
-    scores[: num // 10] = scores[num // 10: 2 * (num // 10)]  # exact ties
-    return segs, scores
-
-
 @pytest.mark.parametrize("other", COMPILED)
 @pytest.mark.parametrize("num", [300, 1100])
 def test_backends_agree_on_problems_larger_than_a_thread_block(other, num):
     """The CUDA kernel works in chunks of 256 candidates (argmax, scans, compaction); the random
     cases above never leave the first chunk."""
     device = _device(other)
-    segs, scores = _large_problem(num, seed=num)
+    segs, scores = large_problem(num, seed=num)
     for method, min_score, max_keep in [(2, 0.001, None), (1, 0.0011, None), (0, 0.001, 50), (2, 0.0, 20)]:
         args = (0.1, 0.75, min_score, method)
         dets_t, inds_t = softnms(segs, scores, *args, max_keep=max_keep, backend="torch")
@@ -386,9 +347,9 @@ def test_cuda_softnms_batched_equals_one_problem_at_a_time(method):
     """``_nms_cuda.softnms_batched``: one block per problem, empty problems included; each
     problem's rows equal the C++ soft NMS of that problem alone (local indices)."""
     rng = random.Random(7 + method)
-    problems = [_random_problem(rng)[:2] for _ in range(40)]
+    problems = [random_problem(rng)[:2] for _ in range(40)]
     problems[5] = (torch.zeros(0, 2), torch.zeros(0))
-    problems[17] = _large_problem(700, seed=3)
+    problems[17] = large_problem(700, seed=3)
     problems.append((torch.zeros(0, 2), torch.zeros(0)))
     sizes = [segs.shape[0] for segs, _ in problems]
     offsets = torch.tensor([0] + sizes).cumsum(0)
