@@ -30,11 +30,13 @@ def find_compiler() -> str:
 
 
 def compile_library(source: str, library: str, compiler: str, defines=()) -> str:
-    """Compile ``source`` (which includes cuda_on_cpu.h and the kernels) into a shared library."""
+    """Compile ``source`` (which includes cuda_on_cpu.h and the kernels) into a shared library;
+    ``$EMULATED_CUDA_CFLAGS`` adds flags (an AddressSanitizer build: see tests/README.md)."""
     command = [
         compiler, "-std=c++20", "-O2", "-ffp-contract=off", "-shared", "-fPIC",
         "-I", os.path.join(HERE, "cuda_emulation"), "-I", os.path.join(ROOT, "csrc"),
-        *(f"-D{define}" for define in defines), source, "-o", library,
+        *(f"-D{define}" for define in defines), *os.environ.get("EMULATED_CUDA_CFLAGS", "").split(),
+        source, "-o", library,
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
