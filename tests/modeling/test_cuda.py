@@ -16,7 +16,8 @@ from libs.utils.lr_schedule import make_scheduler
 from libs.utils.optim import make_optimizer
 from tests.modeling.test_meta_arch_golden import (
     VARIANTS,
-    assert_close,
+    assert_grads_match,
+    assert_heads_match_at_valid_positions,
     assert_same_results,
     build,
     channel_first,
@@ -46,12 +47,7 @@ def test_golden_heads_and_results_on_cuda(variant, video_pad_mode):
         heads = model.forward_heads(model.prepare_batch(inputs(variant)))
         results = model(inputs(variant))
     assert heads.cls_logits[0].device.type == "cuda"
-    for level, mask in enumerate(heads.fpn_masks):
-        length = mask.shape[1]
-        valid = mask.cpu()[:, :, None]
-        for got, ref in ((heads.cls_logits[level], want["cls_logits"][level]),
-                         (heads.offsets[level], want["offsets"][level])):
-            assert_close(got.cpu() * valid, ref.permute(0, 2, 1)[:, :length] * valid, 2e-4)
+    assert_heads_match_at_valid_positions(heads, want, 2e-4)
     assert_same_results(results, want["results"], seg_atol=1e-3, score_atol=1e-5)
 
 
@@ -66,8 +62,7 @@ def test_golden_losses_and_gradients_on_cuda(variant):
     for key in ("cls_loss", "reg_loss", "final_loss"):
         assert losses[key].item() == pytest.approx(want["losses"][key].item(), rel=1e-5)
     losses["final_loss"].backward()
-    for name, param in model.named_parameters():
-        assert torch.allclose(param.grad.cpu(), grads[name], rtol=1e-3, atol=1e-4), name
+    assert_grads_match(model, grads, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -65,6 +65,25 @@ def assert_close(got, want, atol):
     assert (got - want).abs().max().item() <= atol
 
 
+def assert_heads_match_at_valid_positions(heads, want, atol):
+    """Every level's cls logits and offsets against the reference's (channel-first, padded to its
+    length) at the positions the model's own masks mark valid."""
+    for level, mask in enumerate(heads.fpn_masks):
+        mask = mask.cpu()
+        length = mask.shape[1]
+        for got, ref in ((heads.cls_logits[level], want["cls_logits"][level]),
+                         (heads.offsets[level], want["offsets"][level])):
+            gap = (got.cpu() - ref.permute(0, 2, 1)[:, :length]).abs()[mask].max().item()
+            assert gap <= atol, (level, gap)
+
+
+def assert_grads_match(model, grads, rtol, atol):
+    """Every parameter's gradient against the reference's, and no parameter more or less."""
+    assert sorted(name for name, _ in model.named_parameters()) == sorted(grads)
+    for name, param in model.named_parameters():
+        assert torch.allclose(param.grad.cpu(), grads[name], rtol=rtol, atol=atol), name
+
+
 def assert_same_candidates(ours, ref):
     """Counts exact; a one-to-one match within 1e-4 grid units and 1e-6 score."""
     assert ours["scores"].shape == ref["scores"].shape
@@ -178,15 +197,10 @@ def test_exact_video_padding_reproduces_reference_at_valid_positions(variant):
         heads = model.forward_heads(batch)
         results = model(inputs(variant))
     assert batch.videos.shape[-1] == 208  # roundup(200 + 8, 8) instead of 256
-    for level in range(4):
-        mask = heads.fpn_masks[level]  # (3, T_l)
-        length = mask.shape[1]
-        ref_mask = want["fpn_masks"][level][:, 0, :length]
-        assert torch.equal(mask, ref_mask) and ref_mask.sum() == want["fpn_masks"][level].sum()
-        for got, ref in ((heads.cls_logits[level], want["cls_logits"][level]),
-                         (heads.offsets[level], want["offsets"][level])):
-            ref = ref.permute(0, 2, 1)[:, :length]
-            assert (got - ref).abs()[mask].max().item() <= 5e-5
+    assert len(heads.fpn_masks) == len(want["fpn_masks"]) == 4
+    for mask, ref_mask in zip(heads.fpn_masks, want["fpn_masks"]):  # (3, T_l), (3, 1, T_ref)
+        assert torch.equal(mask, ref_mask[:, 0, :mask.shape[1]]) and mask.sum() == ref_mask.sum()
+    assert_heads_match_at_valid_positions(heads, want, 5e-5)
     assert_same_results(results, want["results"])
 
 
@@ -221,11 +235,7 @@ def test_train_losses_normaliser_and_gradients_match_reference(variant, video_pa
     for key in ("cls_loss", "reg_loss", "final_loss"):
         assert abs(losses[key].item() - want["losses"][key].item()) <= 1e-6
     losses["final_loss"].backward()
-    names = [n for n, _ in model.named_parameters()]
-    assert sorted(names) == sorted(grads)
-    for name, param in model.named_parameters():
-        ref = grads[name]
-        assert torch.allclose(param.grad, ref, rtol=1e-4, atol=1e-5), name
+    assert_grads_match(model, grads, rtol=1e-4, atol=1e-5)
 
 
 def test_train_labels_seen_by_the_model_match_reference():
