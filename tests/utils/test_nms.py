@@ -20,7 +20,15 @@ from libs.core.errors import DataError
 from libs.utils import nms as nms_module
 from libs.utils.nms import available_backends, batched_nms, nms, seg_voting, softnms
 from tests.conftest import require_shared
-from tests.utils.nms_cases import SCORE_ATOL, large_problem, random_problem
+from tests.utils.nms_cases import (
+    SCORE_ATOL,
+    assert_batched_rows_match,
+    assert_same_softnms,
+    batched_problems,
+    large_problem,
+    nan_score_problems,
+    random_problem,
+)
 
 BATCHED_TAGS = ("config", "hard", "agnostic_voting", "soft_max50")
 VOTING_ATOL = 1e-6  # voted windows: a float32 matmul over all candidates
@@ -294,9 +302,7 @@ def test_backends_agree_on_random_and_adversarial_inputs(other):
         args = (p["iou_threshold"], p["sigma"], p["min_score"], method)
         dets_t, inds_t = softnms(segs, scores, *args, max_keep=max_keep, backend="torch")
         dets_o, inds_o = softnms(d_segs, d_scores, *args, max_keep=max_keep, backend=other)
-        assert torch.equal(inds_t, inds_o.cpu()), trial
-        atol = SCORE_ATOL if method == 2 else 0.0
-        assert torch.allclose(dets_t, dets_o.cpu(), rtol=0, atol=atol), trial
+        assert_same_softnms((dets_o, inds_o), (dets_t, inds_t), method, trial)
         if trial % 10 == 0:
             kw = dict(use_soft_nms=trial % 20 == 0, multiclass=trial % 30 != 0, sigma=p["sigma"], voting_thresh=0.9)
             out_t = batched_nms(segs, scores, labels, p["iou_threshold"], p["min_score"], 5, backend="torch", **kw)
@@ -309,15 +315,11 @@ def test_backends_agree_on_random_and_adversarial_inputs(other):
 def test_backends_agree_on_nan_scores(other):
     """NaN never wins the reference's strict `<` argmax scan unless it is at the current slot."""
     device = _device(other)
-    segs = torch.tensor([[0.0, 1.0], [0.5, 2.0], [3.0, 4.0], [3.5, 5.0], [0.0, 0.0], [2.0, 1.0]])
-    nan = float("nan")
-    for raw in ([0.5, nan, 0.9, 0.3, 0.2, 0.4], [nan, 0.5, 0.9, 0.3, 0.2, 0.4], [0.5, 0.1, 0.9, nan, nan, 0.4]):
-        scores = torch.tensor(raw)
+    for segs, scores in nan_score_problems():
         for method in range(3):
-            dets_t, inds_t = softnms(segs, scores, 0.1, 0.5, 0.001, method, backend="torch")
-            dets_o, inds_o = softnms(segs.to(device), scores.to(device), 0.1, 0.5, 0.001, method, backend=other)
-            assert torch.equal(inds_t, inds_o.cpu())
-            assert torch.allclose(dets_t, dets_o.cpu(), rtol=0, atol=SCORE_ATOL, equal_nan=True)
+            want = softnms(segs, scores, 0.1, 0.5, 0.001, method, backend="torch")
+            got = softnms(segs.to(device), scores.to(device), 0.1, 0.5, 0.001, method, backend=other)
+            assert_same_softnms(got, want, method)
         keep_o = nms(segs.to(device), scores.to(device), 0.1, backend=other).cpu()
         assert torch.equal(nms(segs, scores, 0.1, backend="torch"), keep_o)
 
@@ -331,11 +333,9 @@ def test_backends_agree_on_problems_larger_than_a_thread_block(other, num):
     segs, scores = large_problem(num, seed=num)
     for method, min_score, max_keep in [(2, 0.001, None), (1, 0.0011, None), (0, 0.001, 50), (2, 0.0, 20)]:
         args = (0.1, 0.75, min_score, method)
-        dets_t, inds_t = softnms(segs, scores, *args, max_keep=max_keep, backend="torch")
-        dets_o, inds_o = softnms(segs.to(device), scores.to(device), *args, max_keep=max_keep, backend=other)
-        assert torch.equal(inds_t, inds_o.cpu()), (method, min_score)
-        atol = SCORE_ATOL if method == 2 else 0.0
-        assert torch.allclose(dets_t, dets_o.cpu(), rtol=0, atol=atol), (method, min_score)
+        want = softnms(segs, scores, *args, max_keep=max_keep, backend="torch")
+        got = softnms(segs.to(device), scores.to(device), *args, max_keep=max_keep, backend=other)
+        assert_same_softnms(got, want, method, (method, min_score))
     keep_t = nms(segs, scores, 0.3, backend="torch")
     assert torch.equal(keep_t, nms(segs.to(device), scores.to(device), 0.3, backend=other).cpu())
 
@@ -346,23 +346,12 @@ def test_backends_agree_on_problems_larger_than_a_thread_block(other, num):
 def test_cuda_softnms_batched_equals_one_problem_at_a_time(method):
     """``_nms_cuda.softnms_batched``: one block per problem, empty problems included; each
     problem's rows equal the C++ soft NMS of that problem alone (local indices)."""
-    rng = random.Random(7 + method)
-    problems = [random_problem(rng)[:2] for _ in range(40)]
-    problems[5] = (torch.zeros(0, 2), torch.zeros(0))
-    problems[17] = large_problem(700, seed=3)
-    problems.append((torch.zeros(0, 2), torch.zeros(0)))
-    sizes = [segs.shape[0] for segs, _ in problems]
-    offsets = torch.tensor([0] + sizes).cumsum(0)
+    problems, offsets = batched_problems(seed=7 + method, count=40, large_size=700)
     segs = torch.cat([s for s, _ in problems]).cuda()
     scores = torch.cat([s for _, s in problems]).cuda()
     for max_keep in (-1, 5):
-        dets, inds, counts = nms_module._nms_cuda.softnms_batched(segs, scores, offsets, 0.3, 0.5, 0.001,
-                                                                   method, max_keep)
-        dets, inds, counts = dets.cpu(), inds.cpu(), counts.cpu()
-        for b, (p_segs, p_scores) in enumerate(problems):
-            want_dets, want_inds = nms_module._nms_cpu.softnms(p_segs, p_scores, 0.3, 0.5, 0.001, method, max_keep)
-            start, count = int(offsets[b]), int(counts[b])
-            assert count == want_inds.numel(), (b, max_keep)
-            assert torch.equal(inds[start:start + count], want_inds), (b, max_keep)
-            atol = SCORE_ATOL if method == 2 else 0.0
-            assert torch.allclose(dets[start:start + count], want_dets, rtol=0, atol=atol), (b, max_keep)
+        result = nms_module._nms_cuda.softnms_batched(segs, scores, offsets, 0.3, 0.5, 0.001, method, max_keep)
+        assert_batched_rows_match(
+            result, offsets, problems,
+            lambda p_segs, p_scores: nms_module._nms_cpu.softnms(p_segs, p_scores, 0.3, 0.5, 0.001, method, max_keep),
+            method, max_keep)

@@ -23,7 +23,14 @@ import torch
 from libs.utils.nms import nms, softnms
 from tests.conftest import require_shared
 from tests.utils.emulated_cuda_nms import HERE, build, compile_library, find_compiler
-from tests.utils.nms_cases import SCORE_ATOL, large_problem, random_problem
+from tests.utils.nms_cases import (
+    assert_batched_rows_match,
+    assert_same_softnms,
+    batched_problems,
+    large_problem,
+    nan_score_problems,
+    random_problem,
+)
 
 BROKEN_KERNELS = os.path.join(HERE, "cuda_emulation", "broken_kernels.cpp")
 
@@ -49,15 +56,6 @@ def cases():
     return torch.load(require_shared("golden", "nms", "cases.pt"), weights_only=True)["cases"]
 
 
-def _assert_same_softnms(got, want, method, context):
-    dets, inds = got
-    want_dets, want_inds = want
-    assert torch.equal(inds, want_inds), context
-    atol = SCORE_ATOL if method == 2 else 0.0
-    assert torch.equal(dets[:, :2], want_dets[:, :2]), context
-    assert torch.allclose(dets[:, 2], want_dets[:, 2], rtol=0, atol=atol), context
-
-
 @pytest.mark.parametrize("threads", [64, 256])
 def test_hard_nms_kernel_matches_the_reference_fixtures(kernels, cases, threads):
     kernel = kernels[threads]
@@ -78,7 +76,7 @@ def test_soft_nms_kernel_matches_the_reference_fixtures(kernels, cases):
         limit = 40 if segs.shape[0] > 100 else -1
         got = kernel.softnms(segs, scores, p["iou_threshold"], p["sigma"], p["min_score"], method, limit)
         want = (ref["dets"], ref["inds"]) if limit < 0 else (ref["dets"][:limit], ref["inds"][:limit])
-        _assert_same_softnms(got, want, method, case["name"])
+        assert_same_softnms(got, want, method, case["name"])
 
 
 def test_kernels_agree_with_torch_on_random_and_adversarial_inputs(kernels):
@@ -93,20 +91,15 @@ def test_kernels_agree_with_torch_on_random_and_adversarial_inputs(kernels):
         assert torch.equal(kernel.nms(segs, scores, p["iou_threshold"], max_keep), want_keep), trial
         args = (p["iou_threshold"], p["sigma"], p["min_score"], method)
         want = softnms(segs, scores, *args, max_keep=torch_keep, backend="torch")
-        _assert_same_softnms(kernel.softnms(segs, scores, *args, max_keep), want, method, trial)
+        assert_same_softnms(kernel.softnms(segs, scores, *args, max_keep), want, method, trial)
 
 
 def test_kernels_agree_with_torch_on_nan_scores(kernels):
     kernel = kernels[64]
-    segs = torch.tensor([[0.0, 1.0], [0.5, 2.0], [3.0, 4.0], [3.5, 5.0], [0.0, 0.0], [2.0, 1.0]])
-    nan = float("nan")
-    for raw in ([0.5, nan, 0.9, 0.3, 0.2, 0.4], [nan, 0.5, 0.9, 0.3, 0.2, 0.4], [0.5, 0.1, 0.9, nan, nan, 0.4]):
-        scores = torch.tensor(raw)
+    for segs, scores in nan_score_problems():
         for method in range(3):
-            dets, inds = kernel.softnms(segs, scores, 0.1, 0.5, 0.001, method)
-            want_dets, want_inds = softnms(segs, scores, 0.1, 0.5, 0.001, method, backend="torch")
-            assert torch.equal(inds, want_inds)
-            assert torch.allclose(dets, want_dets, rtol=0, atol=SCORE_ATOL, equal_nan=True)
+            want = softnms(segs, scores, 0.1, 0.5, 0.001, method, backend="torch")
+            assert_same_softnms(kernel.softnms(segs, scores, 0.1, 0.5, 0.001, method), want, method)
         assert torch.equal(kernel.nms(segs, scores, 0.1), nms(segs, scores, 0.1, backend="torch"))
 
 
@@ -119,7 +112,7 @@ def test_kernels_on_problems_of_several_chunks(kernels, threads):
     for method, min_score, max_keep in [(2, 0.001, -1), (1, 0.0011, 60), (0, 0.001, 60)]:
         args = (0.1, 0.75, min_score, method)
         want = softnms(segs, scores, *args, max_keep=None if max_keep < 0 else max_keep, backend="torch")
-        _assert_same_softnms(kernel.softnms(segs, scores, *args, max_keep), want, method, (method, min_score))
+        assert_same_softnms(kernel.softnms(segs, scores, *args, max_keep), want, method, (method, min_score))
     assert torch.equal(kernel.nms(segs, scores, 0.3), nms(segs, scores, 0.3, backend="torch"))
 
 
@@ -128,21 +121,16 @@ def test_batched_soft_nms_kernel_equals_one_problem_at_a_time(kernels, method):
     """One block per problem, empty problems included; each problem's rows (local indices) equal
     the PyTorch soft NMS of that problem alone."""
     kernel = kernels[64]
-    rng = random.Random(7 + method)
-    problems = [random_problem(rng)[:2] for _ in range(24)]
-    problems[5] = (torch.zeros(0, 2), torch.zeros(0))
-    problems[17] = large_problem(300, seed=3)
-    problems.append((torch.zeros(0, 2), torch.zeros(0)))
-    offsets = torch.tensor([0] + [segs.shape[0] for segs, _ in problems]).cumsum(0)
+    problems, offsets = batched_problems(seed=7 + method, count=24, large_size=300)
     segs = torch.cat([s for s, _ in problems])
     scores = torch.cat([s for _, s in problems])
     for max_keep in (-1, 5):
-        dets, inds, counts = kernel.softnms_batched(segs, scores, offsets, 0.3, 0.5, 0.001, method, max_keep)
-        for b, (p_segs, p_scores) in enumerate(problems):
-            want = softnms(p_segs, p_scores, 0.3, 0.5, 0.001, method,
-                           max_keep=None if max_keep < 0 else max_keep, backend="torch")
-            start, count = int(offsets[b]), int(counts[b])
-            _assert_same_softnms((dets[start:start + count], inds[start:start + count]), want, method, (b, max_keep))
+        result = kernel.softnms_batched(segs, scores, offsets, 0.3, 0.5, 0.001, method, max_keep)
+        assert_batched_rows_match(
+            result, offsets, problems,
+            lambda p_segs, p_scores: softnms(p_segs, p_scores, 0.3, 0.5, 0.001, method,
+                                             max_keep=None if max_keep < 0 else max_keep, backend="torch"),
+            method, max_keep)
 
 
 def test_the_emulation_reports_barrier_mistakes(compiler, tmp_path):
