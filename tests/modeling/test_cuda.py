@@ -1,8 +1,8 @@
 """The model and the trainer on a CUDA device (skipped without one): the golden GroundNLQ fixtures
 in float32, bf16 autocast, and AMP training steps. Nothing in the model names a device, so these
 run the same code as the CPU tests; what differs is the kernels (cuBLAS / cuDNN reductions,
-SDPA backends, the NMS kernel), hence the looser tolerances than the CPU parity tests: heads
-2e-4, losses 1e-5 relative, gradients 1e-3 relative + 1e-4, results 1e-3 s and 1e-5.
+SDPA backends, the NMS kernel), hence tolerances CUDA_SCALE times the CPU parity tests' (the
+quantity table in tests/golden.py); the scale is a first guess until a GPU run sets it.
 
 For a GPU machine without ``../shared``: copy ``../shared/golden`` into the checkout and point
 ``GROUNDNLQ_SHARED`` at the copy's parent (``bench/gpu_check.sh`` does).
@@ -14,19 +14,17 @@ from torch.utils.data import DataLoader
 from libs.engine.trainer import HookBase, SimpleTrainer
 from libs.utils.lr_schedule import make_scheduler
 from libs.utils.optim import make_optimizer
+from tests.golden import VARIANTS, assert_same_results, build, channel_first, golden, inputs
 from tests.modeling.test_meta_arch_golden import (
-    VARIANTS,
     assert_grads_match,
     assert_heads_match_at_valid_positions,
-    assert_same_results,
-    build,
-    channel_first,
-    golden,
-    inputs,
+    assert_losses_match,
 )
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
+# the CPU tolerances of tests/golden.py times this: a first guess, to be set from a GPU run
+CUDA_SCALE = 10.0
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +45,8 @@ def test_golden_heads_and_results_on_cuda(variant, video_pad_mode):
         heads = model.forward_heads(model.prepare_batch(inputs(variant)))
         results = model(inputs(variant))
     assert heads.cls_logits[0].device.type == "cuda"
-    assert_heads_match_at_valid_positions(heads, want, 2e-4)
-    assert_same_results(results, want["results"], seg_atol=1e-3, score_atol=1e-5)
+    assert_heads_match_at_valid_positions(heads, want, scale=CUDA_SCALE)
+    assert_same_results(results, want["results"], scale=CUDA_SCALE)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -59,10 +57,9 @@ def test_golden_losses_and_gradients_on_cuda(variant):
     model.set_drop_path(0.0)
     model.train()
     losses = model(inputs(variant))
-    for key in ("cls_loss", "reg_loss", "final_loss"):
-        assert losses[key].item() == pytest.approx(want["losses"][key].item(), rel=1e-5)
+    assert_losses_match(losses, want, scale=CUDA_SCALE)
     losses["final_loss"].backward()
-    assert_grads_match(model, grads, rtol=1e-3, atol=1e-4)
+    assert_grads_match(model, grads, scale=CUDA_SCALE)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
