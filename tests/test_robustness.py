@@ -531,7 +531,7 @@ def test_truncated_snapshot_through_train_resume(tiny, tmp_path, capsys, quiet_t
 @pytest.mark.parametrize("override, expected", [
     ("opt.learning_rat=1e-3", "unknown key 'opt.learning_rat' in section 'opt'; did you mean 'opt.learning_rate'?"),
     ("opt.epochs=three", "'opt.epochs' must be"),
-    ("trainer.cpu_threads=0", "trainer.cpu_threads must be a positive integer or null, got 0"),
+    ("trainer.cpu_threads=0", "'trainer.cpu_threads' must be a positive integer or null, got 0"),
 ])
 def test_config_typo_and_wrong_type_through_train(tiny, tmp_path, capsys, quiet_train_logs, override, expected):
     message = user_error(train_cli.main, [tiny["config"], "--output", "x", "--opt", override,

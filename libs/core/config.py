@@ -414,7 +414,7 @@ def _checked_value(value: Any, default: Any, key_path: tuple[str, ...], name: st
     if default is None:
         positive = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         if key_path in _OPTIONAL_POSITIVE_INTS and value is not None and not positive:
-            raise ConfigError(f"{source}: {name} must be a positive integer or null, got {value!r}")
+            raise ConfigError(f"{source}: '{name}' must be a positive integer or null, got {value!r}")
         return value
     if isinstance(value, (str,)) and isinstance(default, float) and _SCIENTIFIC.match(value.strip()):
         return float(value)

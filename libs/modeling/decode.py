@@ -56,6 +56,12 @@ def decode_candidates(
     Ties: the sort is stable (equal scores keep their point order). The reference's CPU sort gives
     the same order; on other devices its unstable sort may not.
     """
+    num_levels = {len(points), len(fpn_masks), len(cls_logits), len(offsets)}
+    if len(num_levels) != 1:
+        raise ValueError(
+            f"decode_candidates: per-level lists of different lengths (points {len(points)}, "
+            f"masks {len(fpn_masks)}, cls_logits {len(cls_logits)}, offsets {len(offsets)})"
+        )
     level_segments, level_scores, level_labels, level_keep = [], [], [], []
     for pts, mask, logits, offs in zip(points, fpn_masks, cls_logits, offsets):
         batch, _, num_classes = logits.shape
@@ -174,15 +180,10 @@ def postprocess(
                 backend=test_cfg.get("nms_backend", "auto"),
                 early_stop=bool(test_cfg.get("nms_early_stop", True)),
             )
-        if segments.shape[0] > 0:
-            segments = grid_to_seconds(
-                segments,
-                info["fps"],
-                info["feat_stride"],
-                info["feat_num_frames"],
-                info["duration"],
-                half_window_offset,
-            )
+        segments = grid_to_seconds(
+            segments, info["fps"], info["feat_stride"], info["feat_num_frames"], info["duration"],
+            half_window_offset,
+        )
         results.append(
             {
                 "video_id": info["video_id"],

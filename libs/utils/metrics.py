@@ -104,8 +104,9 @@ def _require(mapping: Any, key: str, where: str) -> Any:
 def _from_official(data: dict, source: str) -> GroundTruth:
     """Index the official NLQ json (``videos[].clips[].annotations[].language_queries[]``)."""
     gt = GroundTruth(source=source)
-    for video in _require(data, "videos", source):
-        for clip in _require(video, "clips", f"{source} video {video.get('video_uid')!r}"):
+    for video in data["videos"]:
+        video_uid = video.get("video_uid") if isinstance(video, dict) else None
+        for clip in _require(video, "clips", f"{source} video {video_uid!r}"):
             clip_uid = _require(clip, "clip_uid", f"{source} clip")
             where = f"{source} clip {clip_uid!r}"
             gt.durations[clip_uid] = float(_require(clip, "video_end_sec", where)) - float(
@@ -177,11 +178,17 @@ def load_ground_truth_data(data: Any, source: str) -> GroundTruth:
     )
 
 
-def _as_array(value: Any) -> np.ndarray:
-    """Tensor / array / nested list -> float64 NumPy array (tensors are moved to the CPU)."""
+def _as_array(value: Any, where: str) -> np.ndarray:
+    """Tensor / array / nested list of numbers -> float64 NumPy array (tensors move to the CPU)."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float64)
+    try:
+        array = np.asarray(value)
+    except ValueError:  # ragged rows
+        raise DataError(f"{where}: windows must be rows [start, end(, score)] of equal length") from None
+    if array.size and array.dtype.kind not in "iuf":
+        raise DataError(f"{where}: windows must be numbers, got {array.dtype} values {value!r}")
+    return array.astype(np.float64)
 
 
 def prediction_key(result: dict) -> QueryKey:
@@ -200,14 +207,12 @@ def prediction_key(result: dict) -> QueryKey:
 def prediction_windows(result: dict) -> np.ndarray:
     """The predicted windows of one result, ``(K, 2)`` float64 seconds, best first."""
     raw = result["segments"] if "segments" in result else result.get("predicted_times", [])
-    windows = _as_array(raw)
+    where = f"prediction {prediction_key(result)}"
+    windows = _as_array(raw, where)
     if windows.size == 0:
         return np.zeros((0, 2))
     if windows.ndim != 2 or windows.shape[1] < 2:
-        raise DataError(
-            f"prediction {prediction_key(result)}: windows must be rows [start, end(, score)], "
-            f"got shape {windows.shape}"
-        )
+        raise DataError(f"{where}: windows must be rows [start, end(, score)], got shape {windows.shape}")
     return windows[:, :2]  # (K, 2); a third column (score) is ignored, as officially
 
 

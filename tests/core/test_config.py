@@ -177,6 +177,10 @@ def test_unknown_key_from_override(tmp_path):
     ("model:\n  backbone_arch: 5\n", "model.backbone_arch", "a list", "5"),
     ("model: 3\n", "model", "a section", "3"),
     ("test_cfg:\n  nms_method: [soft]\n", "test_cfg.nms_method", "a str", "['soft']"),
+    # keys that take a second type besides their default's
+    ("devices: 3\n", "devices", "a list or a str", "3"),
+    ("model:\n  compile: 3\n", "model.compile", "a bool (true/false) or a str", "3"),
+    ("trainer:\n  cpu_threads: 0\n", "trainer.cpu_threads", "a positive integer", "0"),
 ])
 def test_wrong_type_names_key_expected_got(tmp_path, text, key, expected, got):
     path = write_yaml(tmp_path, text)
@@ -193,6 +197,7 @@ def test_accepted_type_variants(tmp_path):
         "model: {backbone_arch: [2, 4, 4, 0, 6]}\ntrainer: {early_stop_epochs: 3}\n"))
     cfg = load_config(path)
     assert cfg["devices"] == "cuda" and cfg["train_split"] == ["training"]
+    assert load_config(path, overrides=["model.compile=inductor"])["model"]["compile"] == "inductor"
     assert cfg["dataset"]["crop_ratio"] == [0.9, 1.0] and cfg["trainer"]["early_stop_epochs"] == 3
 
 

@@ -70,6 +70,11 @@ def test_focal_loss_three_points_by_hand():
     # gamma 0 and no alpha weighting: plain BCE
     plain = sigmoid_focal_loss(logits, targets, alpha=-1, gamma=0.0, reduction="none")
     assert plain.tolist() == pytest.approx([LN2, 2 * LN2, LN2], abs=1e-6)
+    # alpha 0 still weights (a_t = 1 - y): positives count for nothing
+    weighted = sigmoid_focal_loss(logits, targets, alpha=0.0, gamma=0.0, reduction="none")
+    assert weighted.tolist() == pytest.approx([0.0, 2 * LN2, 0.5 * LN2], abs=1e-6)
+    with pytest.raises(ValueError, match=r"reduction: expected one of \('none', 'mean', 'sum'\), got 'avg'"):
+        sigmoid_focal_loss(logits, targets, reduction="avg")
 
 
 def test_focal_loss_computes_in_float32():
@@ -94,6 +99,30 @@ def test_diou_loss_by_hand(pred, target, expected):
     assert loss.item() == pytest.approx(expected, abs=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_diou_loss_of_other_precisions_gives_the_float32_numbers(dtype):
+    """AMP hands the loss half-precision offsets: it computes in float32 all the same (the
+    values below are exact in every dtype, so the inputs are the same numbers)."""
+    pred = torch.tensor([[1.0, 3.0], [0.5, 0.25], [2.0, 0.0]])
+    target = torch.tensor([[2.0, 2.0], [0.75, 0.5], [1.0, 1.0]], dtype=torch.float64)
+    want = ctr_diou_loss_1d(pred, target.float(), reduction="none")
+    got = ctr_diou_loss_1d(pred.to(dtype), target, reduction="none")
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("pred, target, expected", [
+    ([0.0, 0.0], [1.0, 1.0], 1.0),  # zero-length prediction at the target's centre: iou 0, no shift
+    ([0.0, 0.0], [0.0, 2.0], 1.25),  # zero-length at the target's start: shift 1 over enclosing 2
+    # both near zero: the union (2e-9) stays, iou 0; the enclosing length 2e-9 is clamped to the
+    # 1e-8 epsilon, so the shift term is (1e-9 / 1e-8)^2 = 0.01, not (1e-9 / 2e-9)^2 = 0.25
+    ([1e-9, 0.0], [0.0, 1e-9], 1.01),
+])
+def test_diou_loss_of_degenerate_segments_is_finite_and_exact(pred, target, expected):
+    loss = ctr_diou_loss_1d(torch.tensor([pred]), torch.tensor([target]), reduction="none")
+    assert torch.isfinite(loss).all()
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
 def test_diou_loss_reductions():
     pred = torch.tensor([[1.0, 1.0], [1.0, 3.0]])
     target = torch.tensor([[2.0, 2.0], [2.0, 2.0]])
@@ -113,6 +142,23 @@ def test_loss_normalizer_updates_and_state():
     assert restored.value == normalizer.value and restored.momentum == 0.9
     with pytest.raises(ConfigError, match="init_loss_norm"):
         LossNormalizer(0)
+
+
+def test_loss_normalizer_restores_its_momentum_and_checks_its_range():
+    saved = LossNormalizer(50.0, momentum=0.5)
+    saved.update(10)
+    restored = LossNormalizer(200.0)  # default momentum 0.9
+    restored.load_state_dict(saved.state_dict())
+    assert (restored.value, restored.momentum) == (30.0, 0.5)
+    assert restored.update(20) == 25.0  # the restored momentum is the one used
+    older = LossNormalizer(200.0, momentum=0.8)
+    older.load_state_dict({"value": 7.0})  # a state from before momentum was saved keeps its own
+    assert (older.value, older.momentum) == (7.0, 0.8)
+    for momentum in (0.0, 1.0):
+        assert LossNormalizer(1.0, momentum=momentum).momentum == momentum
+    for momentum in (-0.1, 1.1):
+        with pytest.raises(ConfigError, match=f"momentum: expected a value in \\[0, 1\\], got {momentum}"):
+            LossNormalizer(1.0, momentum=momentum)
 
 
 def test_compute_losses_by_hand_smoothing_mask_and_no_positives():

@@ -1,10 +1,12 @@
 """Label assignment: golden parity with the reference (bit for bit) and hand-worked cases."""
+import re
+
 import pytest
 import torch
 
 from conftest import require_shared
 from libs.core.errors import ConfigError, DataError
-from libs.modeling.targets import assign_labels
+from libs.modeling.targets import LENGTH_TIE_TOLERANCE, assign_labels
 
 VARIANTS = ["tiny_model", "tiny_model_star"]
 
@@ -83,6 +85,46 @@ def test_shortest_window_wins_and_near_ties_share_labels():
     assert twin_cls[0].max().item() == 1.0
 
 
+def test_shortest_window_wins_wherever_it_lies_in_the_list_and_in_time():
+    """The point t = 5 lies inside three windows; the shortest is neither the first listed nor
+    the earliest to start, so only the length rule (not start, end or list order) picks it."""
+    points = _level_points(12, 0.0, 100.0, 1.0)
+    segments = torch.tensor([[0.0, 10.0], [4.0, 7.0], [3.0, 9.0]], dtype=torch.float64)
+    labels = torch.eye(3, dtype=torch.int64)
+    for order in ([0, 1, 2], [1, 2, 0], [2, 0, 1]):
+        gt_cls, gt_offsets = assign_labels(points, [segments[order]], [labels[order]], "none")
+        assert gt_cls[0][5].tolist() == labels[1].tolist()  # the class of [4, 7]
+        assert gt_offsets[0][5].tolist() == [1.0, 2.0]  # distances to [4, 7]
+
+
+def test_a_window_exactly_at_the_tie_tolerance_still_shares_its_label():
+    """The reference's rule is ``length <= shortest + 1e-3`` (inclusive)."""
+    points = _level_points(12, 0.0, 100.0, 1.0)
+    segments = torch.tensor([[0.0, 2.0], [0.0, 2.0 + LENGTH_TIE_TOLERANCE]], dtype=torch.float64)
+    gt_cls, _ = assign_labels(points, [segments], [torch.eye(2, dtype=torch.int64)], "none")
+    assert gt_cls[0][1].tolist() == [1.0, 1.0]
+
+
+def test_range_lower_bound_is_inclusive():
+    # stride 1, range [2, 8]; window [0, 4]: t = 2 reaches exactly 2 (kept), t = 1 and 3 reach 3
+    points = _level_points(6, 2.0, 8.0, 1.0)
+    segments = torch.tensor([[0.0, 4.0]], dtype=torch.float64)
+    gt_cls, _ = assign_labels(points, [segments], [torch.tensor([[1]])], "none")
+    assert gt_cls[0][:, 0].tolist() == [0, 1, 1, 1, 0, 0]
+    points = _level_points(6, 2.5, 8.0, 1.0)  # now t = 2 (reach 2) is below the range
+    gt_cls, _ = assign_labels(points, [segments], [torch.tensor([[1]])], "none")
+    assert gt_cls[0][:, 0].tolist() == [0, 1, 0, 1, 0, 0]
+
+
+def test_default_centre_radius_is_the_references_1_5():
+    points = _level_points(20, 0.0, 100.0, 1.0)
+    segments = torch.tensor([[2.0, 16.0]], dtype=torch.float64)  # centre 9: radius 1.5 -> 8, 9, 10
+    labels = [torch.tensor([[1]])]
+    default, _ = assign_labels(points, [segments], labels)
+    assert default[0][:, 0].nonzero().flatten().tolist() == [8, 9, 10]
+    assert torch.equal(default[0], assign_labels(points, [segments], labels, "radius", 1.5)[0][0])
+
+
 def test_offsets_are_in_stride_units():
     points = _level_points(4, 0.0, 100.0, 4.0)  # t = 0, 4, 8, 12
     segments = torch.tensor([[2.0, 14.0]], dtype=torch.float64)
@@ -107,9 +149,15 @@ def test_bad_input_raises_named_errors():
     lab = torch.tensor([[1]])
     with pytest.raises(ConfigError, match="center_sample"):
         assign_labels(points, [seg], [lab], center_sample="box")
-    with pytest.raises(DataError, match="query 0"):
-        assign_labels(points, [None], [None])
-    with pytest.raises(DataError, match="one_hot_labels"):
+    for segments, labels in ((None, None), (None, lab), (seg, None)):
+        with pytest.raises(DataError, match=r"^query 0 .*no ground-truth .*test splits can only be evaluated\)$"):
+            assign_labels(points, [segments], [labels])
+    with pytest.raises(DataError, match=r"query 0: one_hot_labels .* with N = 1 windows, got shape \(2, 1\)"):
         assign_labels(points, [seg], [torch.tensor([[1], [1]])])
-    with pytest.raises(DataError, match="segments"):
+    with pytest.raises(DataError, match=r"query 0: segments must be \(N, 2\)"):
         assign_labels(points, [seg.flatten()], [lab])
+    with pytest.raises(DataError, match="ground truth: 1 segment tensors but 2 label tensors"):
+        assign_labels(points, [seg], [lab, lab])
+    for bad in (points[:, :3], points[:, 0]):
+        with pytest.raises(ValueError, match=re.escape(f"points: expected a (P, 4) table, got shape {tuple(bad.shape)}")):
+            assign_labels(bad, [seg], [lab])

@@ -1,6 +1,8 @@
 """Official Ego4D NLQ recall and mIoU: hand-computed cases and a brute-force re-statement."""
 import json
 import random
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from libs.utils.metrics import (
     evaluate_predictions,
     format_metrics_table,
     load_ground_truth,
+    prediction_windows,
     split_query_id,
     temporal_iou,
 )
@@ -144,6 +147,55 @@ def test_bad_predictions_raise_data_errors():
         split_query_id("no-index")
 
 
+@pytest.mark.parametrize("empty", [[], np.zeros((0, 2)), torch.zeros(0, 2), torch.zeros(0, 3)])
+def test_a_prediction_without_windows_is_a_miss_not_an_error(empty):
+    gt = make_gt({"a": [(10.0, 20.0), (30.0, 40.0)]})
+    m = evaluate_predictions([rec("a", 0, empty), rec("a", 1, [[30.0, 40.0]])], gt)
+    assert m["num_queries"] == 2
+    assert all(m[name] == 50.0 for name in ("R1@0.3", "R1@0.5", "R5@0.5", "R10@0.3", "mIoU"))
+
+
+def test_score_columns_are_ignored():
+    """Documented rows ``[start, end, score]`` score exactly as ``[start, end]``."""
+    gt = make_gt({"a": [(10.0, 20.0), (30.0, 40.0)]})
+    windows = [[[12.0, 20.0], [0.0, 5.0]], [[0.0, 5.0], [30.0, 41.0]]]
+    plain = evaluate_predictions([rec("a", i, w) for i, w in enumerate(windows)], gt)
+    scored = evaluate_predictions(
+        [rec("a", i, [row + [0.9 - 0.1 * j] for j, row in enumerate(w)]) for i, w in enumerate(windows)], gt)
+    assert plain == scored and plain["R1@0.5"] == 50.0 and plain["R5@0.5"] == 100.0
+
+
+def test_nothing_to_score_is_an_error_never_nan_metrics():
+    gt = make_gt({"a": [(10.0, 20.0)]})
+    with pytest.raises(DataError, match="no predictions to evaluate against <ground truth in memory>"):
+        evaluate_predictions([], gt)
+    test_split = make_gt({"a": [(10.0, 20.0)]})
+    for query in test_split["videos"][0]["clips"][0]["annotations"][0]["language_queries"]:
+        del query["clip_start_sec"], query["clip_end_sec"]
+    with pytest.raises(DataError, match=r"query \('clip1', 'a', 0\).*has no ground-truth window"):
+        evaluate_predictions([rec("a", 0, [[10.0, 20.0]])], test_split)
+
+
+@pytest.mark.parametrize("windows,shape", [
+    ([1.0, 2.0], "(2,)"),
+    ([[1.0], [2.0]], "(2, 1)"),
+    ([[[1.0, 2.0]]], "(1, 1, 2)"),
+])
+def test_badly_shaped_windows_are_rejected(windows, shape):
+    gt = make_gt({"a": [(10.0, 20.0)]})
+    with pytest.raises(DataError, match=re.escape(
+            f"prediction ('clip1', 'a', 0): windows must be rows [start, end(, score)], got shape {shape}")):
+        evaluate_predictions([rec("a", 0, windows)], gt)
+
+
+@pytest.mark.parametrize("index", [0.0, "0", True, None])
+def test_query_index_must_be_an_integer(index):
+    gt = make_gt({"a": [(10.0, 20.0)]})
+    with pytest.raises(DataError, match=f"query_idx must be an integer, got {re.escape(repr(index))}"):
+        evaluate_predictions([rec("a", index, [[10.0, 20.0]])], gt)
+    assert evaluate_predictions([rec("a", np.int64(0), [[10.0, 20.0]])], gt)["R1@0.5"] == 100.0
+
+
 def test_matches_brute_force_official_definition():
     rng = random.Random(0)
     queries = [(round(rng.uniform(0, 90), 1),) for _ in range(40)]
@@ -200,3 +252,144 @@ def test_table_lists_values_k_major():
         "R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "R10@0.3", "R10@0.5", "mIoU"]
     assert [c.strip() for c in lines[3].split("|")[1:-1]] == [
         "26.98", "18.83", "53.56", "40.00", "53.56", "40.00", "19.50"]
+
+
+def test_table_exactly_with_a_title_and_a_nan():
+    table = format_metrics_table({"R1@0.5": 18.831, "mIoU": float("nan")}, ks=(1,), thresholds=(0.5,),
+                                 title="val (2 queries)")
+    assert table == "\n".join([
+        "val (2 queries)",
+        "+--------+------+",
+        "| R1@0.5 | mIoU |",
+        "+--------+------+",
+        "| 18.83  | nan  |",
+        "+--------+------+",
+    ])
+
+
+def test_ground_truth_index_of_the_official_json():
+    data = make_gt({"a": [(10.0, 20.0), (30.0, 40.0, "  "), (50.0, 60.0)], "b": [(1.0, 2.0)]})
+    clip = data["videos"][0]["clips"][0]
+    clip["video_start_sec"], clip["video_end_sec"] = 5.0, 105.0
+    del clip["annotations"][1]["language_queries"][0]["clip_end_sec"]  # half a window: no window
+    gt = load_ground_truth(data)
+    assert gt.durations == {"clip1": 100.0}
+    assert gt.num_queries == {("clip1", "a"): 3, ("clip1", "b"): 1}
+    assert gt.windows == {("clip1", "a", 0): (10.0, 20.0), ("clip1", "a", 1): (30.0, 40.0),
+                          ("clip1", "a", 2): (50.0, 60.0), ("clip1", "b", 0): None}
+    assert gt.expected == [("clip1", "a", 0), ("clip1", "a", 2), ("clip1", "b", 0)]  # blank text skipped
+    assert gt.num_gt_queries == 4
+
+
+def test_ground_truth_index_of_jsonl_records():
+    records = [{"video_id": "c1", "query_id": "a_b_2", "duration": 50.0, "timestamps": [[1.0, 2.0]]},
+               {"video_id": "c1", "query_id": "a_b_0", "duration": 50.0},  # no window (test split)
+               {"video_id": "c2", "query_id": "z_0", "duration": 8.5, "timestamps": [[3.0, 4.0]]}]
+    gt = load_ground_truth(records)
+    assert gt.durations == {"c1": 50.0, "c2": 8.5}
+    assert gt.num_queries == {("c1", "a_b"): 3, ("c2", "z"): 1}  # the largest index, in any order
+    assert gt.windows == {("c1", "a_b", 2): (1.0, 2.0), ("c1", "a_b", 0): None, ("c2", "z", 0): (3.0, 4.0)}
+    assert gt.expected == [("c1", "a_b", 2), ("c1", "a_b", 0), ("c2", "z", 0)]
+    with pytest.raises(DataError, match=r"query 1 of annotation 'a_b' is not in <ground truth in memory>$"):
+        evaluate_predictions([{"clip_uid": "c1", "annotation_uid": "a_b", "query_idx": 1, "predicted_times": []}], gt)
+    with pytest.raises(DataError, match="query_idx 3 out of range for annotation 'a_b' "
+                                        r"\(it has 3 queries in <ground truth in memory>\)"):
+        evaluate_predictions([{"clip_uid": "c1", "annotation_uid": "a_b", "query_idx": 3, "predicted_times": []}], gt)
+    with pytest.raises(DataError, match=r"^prediction for query \('c1', 'a_b', 0\): <ground truth in memory> has "
+                                        r"no ground-truth window for it \(test split\?\)$"):
+        evaluate_predictions([{"video_id": "c1", "query_id": "a_b_0", "segments": [[1.0, 2.0]]}], gt)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"videos": [{"video_uid": "v1"}]}, "<ground truth in memory> video 'v1': missing key 'clips'"),
+    ({"videos": [{"video_uid": "v1", "clips": ["clip_uid"]}]}, "<ground truth in memory> clip: missing key 'clip_uid'"),
+    ({"videos": [{"clips": [{"clip_uid": "c", "video_start_sec": 0}]}]},
+     "<ground truth in memory> clip 'c': missing key 'video_end_sec'"),
+    ({"videos": [{"clips": [{"clip_uid": "c", "video_end_sec": 9}]}]},
+     "<ground truth in memory> clip 'c': missing key 'video_start_sec'"),
+    ({"videos": [{"clips": [{"clip_uid": "c", "video_start_sec": 0, "video_end_sec": 9}]}]},
+     "<ground truth in memory> clip 'c': missing key 'annotations'"),
+    ({"videos": [{"clips": [{"clip_uid": "c", "video_start_sec": 0, "video_end_sec": 9, "annotations": [{}]}]}]},
+     "<ground truth in memory> clip 'c': missing key 'annotation_uid'"),
+    ({"videos": [{"clips": [{"clip_uid": "c", "video_start_sec": 0, "video_end_sec": 9,
+                             "annotations": [{"annotation_uid": "a"}]}]}]},
+     "<ground truth in memory> clip 'c' annotation 'a': missing key 'language_queries'"),
+    ([{"query_id": "a_0", "duration": 1.0}], "<ground truth in memory> record 1: missing key 'video_id'"),
+    ([{"video_id": "c", "query_id": "a_0", "duration": 1.0}, {"video_id": "c", "duration": 1.0}],
+     "<ground truth in memory> record 2: missing key 'query_id'"),
+    ([{"video_id": "c", "query_id": "a_0"}], "<ground truth in memory> record 1: missing key 'duration'"),
+    ({"version": "2.0"}, "<ground truth in memory>: expected the official NLQ json (a dict with 'videos') "
+                         "or a list of jsonl records"),
+])
+def test_ground_truth_errors_name_the_place(data, message):
+    with pytest.raises(DataError, match="^" + re.escape(message) + "$"):
+        load_ground_truth(data)
+
+
+def test_ground_truth_file_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    with pytest.raises(DataError, match=f"^ground-truth file not found: {re.escape(str(missing))}$"):
+        load_ground_truth(str(missing))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(DataError, match=f"^{re.escape(str(broken))}: not valid JSON \\(Expecting"):
+        load_ground_truth(str(broken))
+    records = tmp_path / "gt.jsonl"
+    records.write_text('{"video_id": "c", "query_id": "a_0", "duration": 1.0}\n{"query_id": "a_1"}\n')
+    with pytest.raises(DataError, match=f"^{re.escape(str(records))} record 2: missing key 'video_id'$"):
+        load_ground_truth(str(records))
+    records.write_text('{"video_id": "c", "query_id": "a_0", "duration": 1.0}\n')
+    assert load_ground_truth(str(records)).source == str(records)
+
+
+@pytest.mark.parametrize("query_id, parts", [("a_3", ("a", 3)), ("a_b_12", ("a_b", 12))])
+def test_query_ids_split_at_the_last_underscore(query_id, parts):
+    assert split_query_id(query_id) == parts
+
+
+@pytest.mark.parametrize("query_id", ["a3", "_3", "a_", "a_x", "a_-1"])
+def test_malformed_query_ids_are_rejected(query_id):
+    with pytest.raises(DataError, match=re.escape(f"query_id {query_id!r}: expected '<annotation_uid>_<query index>' "
+                                                  "(e.g. '95441b96-..._3')") + "$"):
+        split_query_id(query_id)
+
+
+@pytest.mark.parametrize("result", [
+    {"video_id": "clip1"}, {"query_id": "a_0"}, {"annotation_uid": "a", "predicted_times": []},
+])
+def test_a_prediction_that_names_no_query_is_rejected(result):
+    gt = make_gt({"a": [(10.0, 20.0)]})
+    with pytest.raises(DataError, match=re.escape(
+            "prediction: expected a model result (video_id, query_id, segments) or a submission record "
+            f"(clip_uid, annotation_uid, query_idx, predicted_times); got keys {sorted(result)}") + "$"):
+        evaluate_predictions([result], gt)
+
+
+@pytest.mark.parametrize("windows, message", [
+    ([[1.0, 2.0], [3.0]], "windows must be rows [start, end(, score)] of equal length"),
+    ([["1.0", "2.0"]], "windows must be numbers, got <U3 values [['1.0', '2.0']]"),
+    ([[True, False]], "windows must be numbers, got bool values [[True, False]]"),
+    (None, "windows must be numbers, got object values None"),
+])
+def test_windows_that_are_not_rows_of_numbers_are_rejected(windows, message):
+    gt = make_gt({"a": [(10.0, 20.0)]})
+    with pytest.raises(DataError, match="^" + re.escape(f"prediction ('clip1', 'a', 0): {message}") + "$"):
+        evaluate_predictions([rec("a", 0, windows)], gt)
+
+
+def test_windows_with_gradients_and_records_without_windows():
+    gt = make_gt({"a": [(10.0, 20.0), (30.0, 40.0)]})
+    tracked = torch.tensor([[10.0, 20.0]], requires_grad=True)
+    result = {"video_id": "clip1", "query_id": "a_0", "segments": tracked * 1.0}
+    bare = {"clip_uid": "clip1", "annotation_uid": "a", "query_idx": 1}  # no predicted_times: a miss
+    m = evaluate_predictions([result, bare], gt)
+    assert m["R1@0.5"] == 50.0 and m["num_queries"] == 2
+    assert prediction_windows(bare).shape == (0, 2)
+    assert prediction_windows({**bare, "predicted_times": [[1, 2, 0.5]]}).tolist() == [[1.0, 2.0]]
+
+
+def test_iou_of_empty_windows_is_nan_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        iou = temporal_iou(np.array([[5.0, 5.0], [0.0, 1.0]]), np.array([[5.0, 5.0], [0.0, 2.0]]))
+    assert np.isnan(iou[0]) and iou[1] == 0.5

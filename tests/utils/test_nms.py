@@ -240,6 +240,45 @@ def test_empty_inputs(backend):
     assert dets.shape == (0, 3) and inds.shape == (0,) and dets.device == inds.device == device
 
 
+@pytest.mark.parametrize("method", [0, 1, 2])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_candidate_comes_back_as_it_is(backend, method):
+    """One candidate, even below ``min_score``: soft NMS emits it unchanged, hard NMS keeps it."""
+    device = _device(backend)
+    for score in (0.7, 0.0005):
+        segs, scores = torch.tensor([[2.0, 5.5]], device=device), torch.tensor([score], device=device)
+        dets, inds = softnms(segs, scores, 0.1, 0.75, 0.001, method=method, backend=backend)
+        assert inds.tolist() == [0]
+        assert torch.equal(dets.cpu(), torch.tensor([[2.0, 5.5, score]]))
+        assert nms(segs, scores, 0.1, backend=backend).tolist() == [0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_keep_one_keeps_exactly_the_first_selection(backend):
+    device = _device(backend)
+    segs = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [2.1, 3.0]], device=device)  # 3 disjoint
+    scores = torch.tensor([0.3, 0.9, 0.6, 0.8], device=device)
+    assert nms(segs, scores, 0.5, backend=backend).tolist() == [1, 2, 0]
+    assert nms(segs, scores, 0.5, max_keep=1, backend=backend).tolist() == [1]
+    dets, inds = softnms(segs, scores, 0.5, 0.75, 0.001, method=0, max_keep=1, backend=backend)
+    assert inds.tolist() == [1] and dets.shape == (1, 3)
+    full_dets, full_inds = softnms(segs, scores, 0.5, 0.75, 0.001, method=0, backend=backend)
+    assert full_inds.tolist() == [1, 2, 0] and torch.equal(full_dets[:1], dets)
+
+
+def test_hard_nms_without_the_extension_keeps_what_the_cpp_nms_keeps(golden, monkeypatch):
+    """The public ``nms`` (backend "auto") on a machine without the compiled extension: the
+    PyTorch path, with the reference C++'s keeps on every fixture case."""
+    _, cases = golden
+    monkeypatch.setattr(nms_module, "_nms_cpu", None)
+    monkeypatch.setattr(nms_module, "_nms_cuda", None)
+    monkeypatch.setattr(nms_module, "_warned_missing_extension", True)
+    wrong = [case["name"] for case in cases
+             if not torch.equal(nms(*_inputs(case, "cpu")[:2], case["params"]["iou_threshold"]),
+                                case["outputs"]["nms"]["keep"])]
+    assert wrong == []
+
+
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(DataError, match=r"\(N, 2\)"):
         nms(torch.zeros(3, 3), torch.zeros(3), 0.1)
