@@ -62,11 +62,17 @@ def copy_checkout(dest: str) -> None:
 
 
 def write_config(dest: str, module: str, tests: list) -> None:
+    # mutmut runs the tests in dest/mutants/, where it copies the code and what also_copy names:
+    # everything else of the checkout (configs, data, tools) that tests read
+    others = sorted(name for name in os.listdir(dest) if name not in ("libs", "tests", "mutants"))
     lines = ["[mutmut]", "source_paths=libs", f"only_mutate={module}",
+             "also_copy=", *(f"    {name}" for name in others),
              "pytest_add_cli_args_test_selection=", *(f"    {t}" for t in tests),
              "pytest_add_cli_args=", "    -p", "    no:cacheprovider", "    -q",
              # torch is not fork-safe after it has run: a clean server process forks the workers
-             "process_isolation=forkserver"]
+             "process_isolation=forkserver",
+             # a mutant that loops forever is killed after 4x its tests' clean time (default 15x)
+             "timeout_multiplier=4.0"]
     with open(os.path.join(dest, "setup.cfg"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -108,10 +114,10 @@ def main(argv=None) -> int:
         write_config(work, module, [os.path.relpath(os.path.abspath(t), ROOT) for t in tests])
         # the copy has no ../shared beside it: point the golden tests at this checkout's
         env = {**os.environ, "GROUNDNLQ_SHARED": shared_dir()}
-        run = subprocess.run(["mutmut", "run"], cwd=work, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+        run = subprocess.run(["mutmut", "run"], cwd=work, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
         if run.returncode != 0:
-            print(run.stderr[-4000:], file=sys.stderr)
+            print(run.stdout[-4000:], file=sys.stderr)
             return run.returncode
         codes = exit_codes(work, module)
         equivalent = equivalent_mutants()

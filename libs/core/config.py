@@ -282,8 +282,30 @@ _EXTRA_TYPES: dict[tuple[str, ...], tuple[type, ...]] = {
     ("model", "compile"): (str,),  # a torch.compile backend name, e.g. "inductor"
 }
 
-# keys that default to None (unset) and, when set, must be a positive integer
-_OPTIONAL_POSITIVE_INTS = {("trainer", "cpu_threads")}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+_PATH = (lambda value: isinstance(value, str), "a path (str)")
+# keys that default to None (unset): what they take when set (a check and its description)
+_OPTIONAL_VALUES: dict[tuple[str, ...], tuple[Any, str]] = {
+    **{("dataset", key): _PATH for key in (
+        "json_file", "train_jsonl_file", "val_jsonl_file", "test_jsonl_file", "video_feat_dir",
+        "text_feat_dir", "val_text_feat_dir")},
+    ("dataset", "default_fps"): (_is_number, "a number"),
+    ("dataset", "text_encoder"): (lambda value: isinstance(value, str), "a str"),
+    ("dataset", "trunc_thresh"): (_is_number, "a number"),
+    ("dataset", "crop_ratio"): (lambda value: isinstance(value, list), "a list"),
+    ("test_cfg", "ext_score_file"): _PATH,
+    ("trainer", "early_stop_epochs"): (_is_positive_int, "a positive integer"),
+    ("trainer", "cpu_threads"): (_is_positive_int, "a positive integer"),
+}
 
 # YAML 1.1 (PyYAML) reads "1e-4" as a string; accept such numbers where a float is expected
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -393,7 +415,7 @@ def _suggestion(key: str, defaults: dict, prefix: tuple[str, ...]) -> str:
     for section, content in DEFAULTS.items():
         if isinstance(content, dict) and key in content and (section,) != prefix:
             return f"; did you mean {section + '.' + key!r}?"
-    if not prefix and key in DEFAULTS:
+    if prefix and key in DEFAULTS:
         return f"; did you mean {key!r} (top level)?"
     return ""
 
@@ -401,7 +423,7 @@ def _suggestion(key: str, defaults: dict, prefix: tuple[str, ...]) -> str:
 def _check_derived(user: dict, cfg: dict, source: str) -> None:
     """A file may repeat a derived model key (saved configs do), but only with the derived value."""
     model = user.get("model") or {}
-    derived = _derive(copy.deepcopy(cfg))["model"]
+    derived = _derived_model_keys(cfg)
     for key in DERIVED_MODEL_KEYS:
         if key in model and _plain(model[key]) != _plain(derived[key]):
             origin = key if key in ("train_cfg", "test_cfg") else f"dataset.{key}"
@@ -412,9 +434,9 @@ def _check_derived(user: dict, cfg: dict, source: str) -> None:
 def _checked_value(value: Any, default: Any, key_path: tuple[str, ...], name: str, source: str) -> Any:
     """The value if its type fits the default's (int for float; list for tuple); else ConfigError."""
     if default is None:
-        positive = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        if key_path in _OPTIONAL_POSITIVE_INTS and value is not None and not positive:
-            raise ConfigError(f"{source}: '{name}' must be a positive integer or null, got {value!r}")
+        check, expected = _OPTIONAL_VALUES[key_path]
+        if value is not None and not check(value):
+            raise ConfigError(f"{source}: '{name}' must be {expected} or null, got {value!r}")
         return value
     if isinstance(value, (str,)) and isinstance(default, float) and _SCIENTIFIC.match(value.strip()):
         return float(value)
@@ -459,13 +481,15 @@ def _check_paths(cfg: dict, source: str) -> None:
                               f"(relative paths are relative to {os.getcwd()})")
 
 
+def _derived_model_keys(cfg: dict) -> dict:
+    """The model keys the reference copies from the dataset dimensions and the train/test settings."""
+    derived = {key: cfg["dataset"][key] for key in ("input_vid_dim", "input_txt_dim", "num_classes", "max_seq_len")}
+    return {**derived, "train_cfg": cfg["train_cfg"], "test_cfg": cfg["test_cfg"]}
+
+
 def _derive(cfg: dict) -> dict:
-    """Copy the dataset dimensions and the train/test settings into ``model`` (the reference's rule)."""
-    model = cfg["model"]
-    for key in ("input_vid_dim", "input_txt_dim", "num_classes", "max_seq_len"):
-        model[key] = cfg["dataset"][key]
-    model["train_cfg"] = copy.deepcopy(cfg["train_cfg"])
-    model["test_cfg"] = copy.deepcopy(cfg["test_cfg"])
+    """Fill ``model`` with its derived keys (copies: changing one section never changes another)."""
+    cfg["model"].update(copy.deepcopy(_derived_model_keys(cfg)))
     return cfg
 
 

@@ -3,6 +3,9 @@ import copy
 import glob
 import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -144,6 +147,14 @@ def test_overrides_apply_and_coerce_scientific_floats(tmp_path):
     assert cfg["loader"]["batch_size"] == 4 and cfg["trainer"]["amp"] == "none"
 
 
+def test_parse_overrides_nests_empties_and_rejects():
+    assert parse_overrides(["a.b.c=1", "a.b.d=x", "a.e="]) == {"a": {"b": {"c": 1, "d": "x"}, "e": ""}}
+    with pytest.raises(ConfigError, match="^" + re.escape("override 'a.b.c=2': a.b was already set to a value") + "$"):
+        parse_overrides(["a.b=1", "a.b.c=2"])
+    with pytest.raises(ConfigError, match="^" + re.escape("override 'model.n_head=[1': value is not valid YAML (")):
+        parse_overrides(["model.n_head=[1"])
+
+
 @pytest.mark.parametrize("bad", ["model.n_head", "=3", "model..n_head=3"])
 def test_malformed_override(bad, tmp_path):
     with pytest.raises(ConfigError, match="KEY.PATH=VALUE"):
@@ -158,6 +169,17 @@ def test_unknown_key_names_path_file_and_suggestion(tmp_path):
     assert "'model.n_heads'" in msg and path in msg and "did you mean 'model.n_head'" in msg
 
 
+@pytest.mark.parametrize("text, message", [
+    ("devicez: [cpu]\n", "unknown key 'devicez' in the top level; did you mean 'devices'?"),
+    ("model:\n  devices: [cpu]\n", "unknown key 'model.devices' in section 'model'; did you mean 'devices' (top level)?"),
+    ("model:\n  zzzzzz: 1\n", "unknown key 'model.zzzzzz' in section 'model'"),
+])
+def test_unknown_key_messages_exactly(tmp_path, text, message):
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: {message}") + "$"):
+        load_config(path)
+
+
 def test_unknown_key_in_wrong_section_suggests_right_section(tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'loader.batch_size'"):
         load_config(write_yaml(tmp_path, "dataset:\n  batch_size: 4\n"))
@@ -169,25 +191,49 @@ def test_unknown_key_from_override(tmp_path):
 
 
 @pytest.mark.parametrize("text, key, expected, got", [
-    ("loader:\n  batch_size: two\n", "loader.batch_size", "an integer", "'two'"),
-    ("loader:\n  batch_size: 2.5\n", "loader.batch_size", "an integer", "2.5"),
-    ("loader:\n  batch_size: true\n", "loader.batch_size", "an integer", "True"),
-    ("model:\n  use_abs_pe: 1\n", "model.use_abs_pe", "a bool", "1"),
-    ("opt:\n  learning_rate: fast\n", "opt.learning_rate", "a number", "'fast'"),
-    ("model:\n  backbone_arch: 5\n", "model.backbone_arch", "a list", "5"),
-    ("model: 3\n", "model", "a section", "3"),
-    ("test_cfg:\n  nms_method: [soft]\n", "test_cfg.nms_method", "a str", "['soft']"),
+    ("loader:\n  batch_size: two\n", "loader.batch_size", "an integer", "'two' (str)"),
+    ("loader:\n  batch_size: 2.5\n", "loader.batch_size", "an integer", "2.5 (float)"),
+    ("loader:\n  batch_size: true\n", "loader.batch_size", "an integer", "True (bool)"),
+    ("model:\n  use_abs_pe: 1\n", "model.use_abs_pe", "a bool (true/false)", "1 (int)"),
+    ("opt:\n  learning_rate: fast\n", "opt.learning_rate", "a number", "'fast' (str)"),
+    ("model:\n  backbone_arch: 5\n", "model.backbone_arch", "a list", "5 (int)"),
+    ("test_cfg:\n  nms_method: [soft]\n", "test_cfg.nms_method", "a str", "['soft'] (list)"),
     # keys that take a second type besides their default's
-    ("devices: 3\n", "devices", "a list or a str", "3"),
-    ("model:\n  compile: 3\n", "model.compile", "a bool (true/false) or a str", "3"),
-    ("trainer:\n  cpu_threads: 0\n", "trainer.cpu_threads", "a positive integer", "0"),
+    ("devices: 3\n", "devices", "a list or a str", "3 (int)"),
+    ("model:\n  compile: 3\n", "model.compile", "a bool (true/false) or a str", "3 (int)"),
 ])
 def test_wrong_type_names_key_expected_got(tmp_path, text, key, expected, got):
     path = write_yaml(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: '{key}' must be {expected} (default ")
+                       + r".*" + re.escape(f"), got {got}") + "$"):
         load_config(path)
-    msg = str(err.value)
-    assert f"'{key}'" in msg and expected in msg and got in msg and path in msg
+
+
+def test_a_section_given_a_value_is_named(tmp_path):
+    path = write_yaml(tmp_path, "model: 3\n")
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: 'model' must be a section (mapping), got 3") + "$"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("trainer:\n  cpu_threads: 0\n", "trainer.cpu_threads", "a positive integer"),
+    ("trainer:\n  early_stop_epochs: two\n", "trainer.early_stop_epochs", "a positive integer"),
+    ("dataset:\n  json_file: {a: 1}\n", "dataset.json_file", "a path (str)"),
+    ("dataset:\n  video_feat_dir: 3\n", "dataset.video_feat_dir", "a path (str)"),
+    ("dataset:\n  default_fps: thirty\n", "dataset.default_fps", "a number"),
+    ("dataset:\n  crop_ratio: 0.9\n", "dataset.crop_ratio", "a list"),
+    ("test_cfg:\n  ext_score_file: [a]\n", "test_cfg.ext_score_file", "a path (str)"),
+])
+def test_keys_unset_by_default_are_checked_when_set(tmp_path, text, key, expected):
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: '{key}' must be {expected} or null, got ")):
+        load_config(path)
+
+
+def test_every_key_unset_by_default_says_what_it_takes():
+    unset = [(section, key) for section, content in DEFAULTS.items() if isinstance(content, dict)
+             for key, value in content.items() if value is None]
+    assert unset and sorted(unset) == sorted(config_mod._OPTIONAL_VALUES)
 
 
 def test_accepted_type_variants(tmp_path):
@@ -208,8 +254,23 @@ def test_derived_model_keys(tmp_path):
     save_config(cfg, str(saved))
     again = load_config(str(saved / "config.yaml"), overrides=["dataset.max_seq_len=512"])
     assert again["model"]["max_seq_len"] == 512 and again["model"]["test_cfg"]["max_seg_num"] == 7
-    with pytest.raises(ConfigError, match="'model.max_seq_len' is derived from 'dataset.max_seq_len'"):
+    with pytest.raises(ConfigError, match="^override: 'model.max_seq_len' is derived from 'dataset.max_seq_len'; "
+                                          "set that instead \\(got 128, derived 2560\\)$"):
         load_config(FINETUNE, overrides=["model.max_seq_len=128"])
+    for section in ("train_cfg", "test_cfg"):
+        path = write_yaml(tmp_path, f"model:\n  {section}: {{droppath: 0.5}}\n")
+        with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: 'model.{section}' is derived from "
+                                                              f"'{section}'; set that instead")):
+            load_config(path)
+    # a consistent derived key does not end the section: the keys after it still apply
+    path = write_yaml(tmp_path, "model:\n  max_seq_len: 2560\n  n_head: 8\n", name="consistent.yaml")
+    assert load_config(path)["model"]["n_head"] == 8
+
+
+def test_derived_sections_are_copies(tmp_path):
+    cfg = load_config(write_yaml(tmp_path, "train_cfg:\n  head_empty_cls: [3]\n"))
+    cfg["model"]["train_cfg"]["head_empty_cls"].append(4)
+    assert cfg["train_cfg"]["head_empty_cls"] == [3]
 
 
 def test_save_config_round_trip(tmp_path):
@@ -219,6 +280,10 @@ def test_save_config_round_trip(tmp_path):
     assert as_json(load_config(str(tmp_path / "config.yaml"))) == as_json(cfg)
     text = (tmp_path / "config.txt").read_text()
     assert text.startswith("{") and "'learning_rate': 2.5e-05" in text
+    saved = (tmp_path / "config.yaml").read_text()
+    sections = [line.split(":")[0] for line in saved.splitlines() if line and not line.startswith(" ")]
+    assert sections == list(cfg)  # the config's own order, not sorted
+    assert "  backbone_arch: [2, 4, 4, 0, 6]" in saved.splitlines()  # short lists on one line
 
 
 def test_check_paths(tmp_path, monkeypatch):
@@ -226,21 +291,35 @@ def test_check_paths(tmp_path, monkeypatch):
     (tmp_path / "ann.jsonl").write_text("")
     path = write_yaml(tmp_path, "dataset:\n  train_jsonl_file: ann.jsonl\n  video_feat_dir: feats/video.h5\n")
     assert load_config(path)["dataset"]["video_feat_dir"] == "feats/video.h5"  # not checked by default
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: dataset.video_feat_dir = 'feats/video.h5' "
+                                                          f"does not exist (relative paths are relative to {tmp_path})")):
         load_config(path, check_paths=True)
-    assert "dataset.video_feat_dir" in str(err.value) and "feats/video.h5" in str(err.value)
     (tmp_path / "feats").mkdir()
     (tmp_path / "feats" / "video.h5").write_bytes(b"")
     assert load_config(path, check_paths=True)["dataset"]["train_jsonl_file"] == "ann.jsonl"
 
 
+def test_a_config_in_utf8_loads_under_any_locale(tmp_path):
+    """YAML files are UTF-8 (a comment in French, a Chinese path); an ASCII locale must not matter."""
+    path = write_yaml(tmp_path, "# données du démonstrateur\ndataset:\n  json_file: 数据/nlq.json\n")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8"}
+    code = ("import sys; from libs.core.config import load_config; "
+            "print(load_config(sys.argv[1])['dataset']['json_file'])")
+    out = subprocess.run([sys.executable, "-c", code, path], cwd=REPO_ROOT, env=env, capture_output=True,
+                         text=True, encoding="utf-8")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "数据/nlq.json"
+
+
 def test_missing_or_invalid_file(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read config file"):
-        load_config(str(tmp_path / "nope.yaml"))
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="^" + re.escape(f"cannot read config file {missing}: No such file or directory") + "$"):
+        load_config(missing)
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write_yaml(tmp_path, "model: {n_head: [\n"))
-    with pytest.raises(ConfigError, match="expected a mapping"):
-        load_config(write_yaml(tmp_path, "- 1\n- 2\n"))
+    path = write_yaml(tmp_path, "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: expected a mapping of sections, got list") + "$"):
+        load_config(path)
 
 
 def test_every_default_key_is_commented():
