@@ -7,7 +7,7 @@ Inputs are prediction files with scores (``eval.py`` writes them; the reference'
 files, rows ``[start, end, score]``, work too). Queries are matched by
 ``(clip_uid, annotation_uid, query_idx)``, not by position. ``--gt`` (official json or jsonl
 records of the split) validates the submission before it is written. Methods: see
-``libs/utils/ensemble.py``.
+``libs/evaluation/ensemble.py``.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import argparse
 import sys
 
 from libs.utils.cli import run_command
-from libs.utils.ensemble import ENSEMBLE_METHODS, ensemble_predictions
+from libs.evaluation.ensemble import ENSEMBLE_METHODS, ensemble_predictions
 from libs.utils.io import save_json
-from libs.utils.submission import load_prediction_file, validate_submission
+from libs.evaluation.submission import load_prediction_file, validate_submission
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -23,8 +23,8 @@ from libs.core.errors import ConfigError
 
 from libs.utils.cli import run_command
 from libs.utils.io import save_json
-from libs.utils.metrics import evaluate_predictions, format_metrics_table, load_ground_truth
-from libs.utils.submission import (
+from libs.evaluation.metrics import evaluate_predictions, format_metrics_table, load_ground_truth
+from libs.evaluation.submission import (
     SUBMISSION_TOP_K,
     make_submission,
     read_prediction_file,
@@ -89,7 +89,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
 
     from libs.core.config import load_config
     from libs.datasets.datasets import make_data_loader, make_dataset
-    from libs.engine.evaluator import inference_on_dataset
+    from libs.evaluation.evaluator import inference_on_dataset
     from libs.modeling.checkpoint import load_checkpoint
     from libs.modeling.models import make_meta_arch
 

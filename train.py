@@ -82,9 +82,9 @@ def run_folder(cfg: Dict[str, Any], config_path: str, output: str) -> str:
 def make_eval_function(cfg: Dict[str, Any], model_to_evaluate: Callable[[], Any], device: Any) -> Optional[Callable[[], Dict[str, float]]]:
     """Inference on the val split (sharded over ranks), official recall on rank 0, metrics on all."""
     from libs.datasets.datasets import make_data_loader, make_dataset
-    from libs.engine.evaluator import inference_on_dataset
+    from libs.evaluation.evaluator import inference_on_dataset
     from libs.utils import comm
-    from libs.utils.metrics import evaluate_predictions, load_ground_truth
+    from libs.evaluation.metrics import evaluate_predictions, load_ground_truth
 
     dcfg = cfg["dataset"]
     records_file = dcfg.get("val_jsonl_file")

@@ -28,7 +28,7 @@ from libs.core.config import load_config
 from libs.core.errors import ConfigError, DataError
 from libs.datasets.feature_store import FeatureStore, open_store
 from libs.datasets.text_encoders import TextEncoder, make_text_encoder
-from libs.modeling import decode
+from libs.evaluation import postprocess as decode
 from libs.modeling.checkpoint import load_checkpoint
 from libs.modeling.models import make_meta_arch
 

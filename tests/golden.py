@@ -24,7 +24,8 @@ from typing import Dict, List, Tuple
 import torch
 
 from conftest import require_shared
-from libs.modeling import decode, make_meta_arch
+from libs.evaluation import postprocess as decode
+from libs.modeling import make_meta_arch
 
 VARIANTS = ["tiny_model", "tiny_model_star"]
 

@@ -31,11 +31,11 @@ from libs.utils.paths import shared_dir  # noqa: E402
 README = os.path.join(ROOT, "tests", "README.md")
 
 MODULE_TESTS = {
-    "libs/utils/metrics.py": ["tests/utils/test_metrics.py"],
+    "libs/evaluation/metrics.py": ["tests/evaluation/test_metrics.py"],
     "libs/utils/nms.py": ["tests/utils/test_nms.py"],
     "libs/core/config.py": ["tests/core/test_config.py"],
     "libs/modeling/losses.py": ["tests/modeling/test_losses.py"],
-    "libs/modeling/decode.py": ["tests/modeling/test_decode.py"],
+    "libs/evaluation/postprocess.py": ["tests/evaluation/test_postprocess.py"],
     "libs/modeling/targets.py": ["tests/modeling/test_targets.py"],
 }
 

@@ -262,7 +262,7 @@ def train_tiny_model(items, steps=TRAIN_STEPS, seed=0):
 
 def top1_hit_rate(grounder, rephrased, field):
     """Fraction of questions whose best window has IoU > 0.3 with the answer (R@1, IoU 0.3)."""
-    from libs.utils.metrics import temporal_iou
+    from libs.evaluation.metrics import temporal_iou
 
     by_clip = {}
     for entry in rephrased:

@@ -35,7 +35,7 @@ from libs.modeling.checkpoint import load_checkpoint, read_checkpoint
 from libs.modeling.models import make_meta_arch
 from libs.utils.cli import run_command
 from libs.utils.io import save_json, torch_save
-from libs.utils.submission import validate_submission
+from libs.evaluation.submission import validate_submission
 from tests.tiny_run import TINY_CONFIG
 from tests.conftest import ROOT
 from tests.engine.test_trainer import ToyModel, build_trainer, standard_hooks, toy_items, toy_loader

@@ -7,7 +7,7 @@ the worst queries; several runs side by side.
 
 Writes REPORT_DIR/report.md, CSV tables under REPORT_DIR/tables/ and PNG charts under
 REPORT_DIR/charts/. The first file is the baseline the others are compared with. Recall is the
-official metric (libs/utils/metrics.py). Charts need matplotlib (pip install -e .[viz]);
+official metric (libs/evaluation/metrics.py). Charts need matplotlib (pip install -e .[viz]);
 --no-charts writes the tables and report without it.
 """
 import argparse
@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> str:
-    from libs.utils.analysis import write_report
+    from libs.evaluation.analysis import write_report
 
     if args.worst < 0:
         raise ConfigError(f"--worst {args.worst}: expected 0 or more")

@@ -9,7 +9,7 @@ The clip is looked up in the config's video store (``dataset.video_feat_dir``) o
 another feature store (HDF5 / LMDB / folder) holding CLIP_ID, or one clip's ``(T, C)`` features in a
 ``.npy`` / ``.pt`` file (``--clip`` then only names it). Questions are encoded with the text encoder
 named in the config (``dataset.text_encoder``; CLIP needs ``--clip-weights``). ``--plot`` draws each
-question's timeline (``libs.utils.visualize``; one PNG per question when there are several).
+question's timeline (``libs.evaluation.visualize``; one PNG per question when there are several).
 """
 from __future__ import annotations
 
@@ -64,16 +64,12 @@ def plot_paths(out: str, count: int) -> List[str]:
 
 
 def draw_timelines(answers, out: str, top_k: int) -> List[str]:
-    """Timelines through the reports' visualizer; a clear message (and nothing drawn) without it."""
+    """Timelines through the reports' visualizer; a clear message (and nothing drawn) without matplotlib."""
+    from libs.evaluation import visualize
+    from libs.utils.plotting import require_matplotlib
+
     try:
-        from libs.utils import visualize
-    except ImportError:
-        visualize = None
-    if visualize is None or not hasattr(visualize, "render_timeline"):
-        print("--plot skipped: the timeline visualizer (libs/utils/visualize.py) is not available", file=sys.stderr)
-        return []
-    try:
-        visualize.require_matplotlib()
+        require_matplotlib()
     except GroundNLQError as err:
         print(f"--plot skipped: {err}", file=sys.stderr)
         return []

@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def pick_queries(args: argparse.Namespace, run, split) -> list:
     """The query ids to draw, in order."""
-    from libs.utils.analysis import per_query_table, worst_queries
+    from libs.evaluation.analysis import per_query_table, worst_queries
 
     if args.query_id:
         return list(args.query_id)
@@ -57,8 +57,9 @@ def pick_queries(args: argparse.Namespace, run, split) -> list:
 
 
 def run(args: argparse.Namespace) -> list:
-    from libs.utils.analysis import build_timeline, load_runs, load_split
-    from libs.utils.visualize import load_level_curves, render_timelines, require_matplotlib
+    from libs.evaluation.analysis import build_timeline, load_runs, load_split
+    from libs.evaluation.visualize import load_level_curves, render_timelines
+    from libs.utils.plotting import require_matplotlib
 
     require_matplotlib()
     if args.top_k < 1:

@@ -83,7 +83,7 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     """Batch tensors on ``device`` (no-op on the CPU)."""
     if device.type == "cpu":
         return batch
-    from libs.engine.evaluator import move_to_device as _move
+    from libs.evaluation.evaluator import move_to_device as _move
 
     return _move(batch, device)
 

@@ -18,7 +18,8 @@ from torch import nn
 from ..core.config import DEFAULTS
 from ..core.errors import ConfigError, DataError
 from ..datasets.collate import TEXT_PAD_MODES, VIDEO_PAD_MODES, Batch, collate
-from . import decode, losses, targets
+from ..evaluation import postprocess as decode
+from . import losses, targets
 from .attention import LOCAL_ATTENTION_KERNELS, LocalMaskedMHCA
 from .backbones import pyramid_lengths
 from .heads import ClsHead, RegHead

@@ -18,7 +18,7 @@ import re
 from typing import Any, Optional
 
 from libs.core.errors import DataError
-from libs.utils.visualize import new_figure, require_matplotlib, save_figure
+from libs.utils.plotting import new_figure, require_matplotlib, save_figure
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Sequence, Union
 
 import torch
 
-from libs.utils.metrics import (
+from libs.evaluation.metrics import (
     DEFAULT_KS,
     DEFAULT_THRESHOLDS,
     GroundTruth,

@@ -5,7 +5,7 @@ The official metric gives one number per run. Researchers need it split by what 
 window lies, plus the worst queries and several runs side by side. This module builds those
 tables with pandas and writes them as CSV, a markdown report and PNG charts.
 
-Every recall number comes from ``libs.utils.metrics.evaluate_predictions`` (run on each group's
+Every recall number comes from ``libs.evaluation.metrics.evaluate_predictions`` (run on each group's
 predictions); per-query IoU comes from ``temporal_iou``. Nothing here re-implements the metric.
 Charts need matplotlib (``pip install -e .[viz]``); tables need only pandas.
 """
@@ -21,7 +21,7 @@ import pandas as pd
 
 from libs.core.errors import DataError
 from libs.utils.io import atomic_open
-from libs.utils.metrics import (
+from libs.evaluation.metrics import (
     DEFAULT_KS,
     DEFAULT_THRESHOLDS,
     GroundTruth,
@@ -33,8 +33,9 @@ from libs.utils.metrics import (
     prediction_windows,
     temporal_iou,
 )
-from libs.utils.submission import read_prediction_file
-from libs.utils.visualize import QueryTimeline, new_figure, require_matplotlib, save_figure
+from libs.evaluation.submission import read_prediction_file
+from libs.evaluation.visualize import QueryTimeline
+from libs.utils.plotting import new_figure, require_matplotlib, save_figure
 
 NO_TEMPLATE = "(no template)"
 INF = math.inf

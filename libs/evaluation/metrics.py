@@ -16,7 +16,6 @@ Everything is vectorised over queries with NumPy: the 4,552 val queries score in
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence, Union
@@ -280,7 +279,7 @@ def format_metrics_table(
     """Plain ASCII table of the recall values (K-major, as the reference prints) and mIoU."""
     names = [metric_name(k, th) for k in ks for th in thresholds] + ["mIoU"]
     names = [n for n in names if n in metrics]
-    cells = [f"{metrics[n]:.2f}" if not math.isnan(metrics[n]) else "nan" for n in names]
+    cells = [f"{metrics[n]:.2f}" for n in names]  # NaN prints as "nan"
     widths = [max(len(n), len(c)) + 2 for n, c in zip(names, cells)]
     rule = "+" + "+".join("-" * w for w in widths) + "+"
     header = "|" + "|".join(n.center(w) for n, w in zip(names, widths)) + "|"

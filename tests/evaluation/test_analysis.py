@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from libs.core.errors import DataError, GroundNLQError
-from libs.utils import analysis
-from libs.utils.analysis import (
+from libs.evaluation import analysis
+from libs.evaluation.analysis import (
     NO_TEMPLATE,
     breakdown_table,
     build_timeline,
@@ -23,7 +23,7 @@ from libs.utils.analysis import (
     worst_queries,
     write_report,
 )
-from libs.utils.metrics import evaluate_predictions
+from libs.evaluation.metrics import evaluate_predictions
 from tests.conftest import ROOT, require_shared
 
 T_A = "Objects: Where is object X?"
@@ -205,7 +205,7 @@ def png_size(path):
 
 def demo_predictions(gt, path, seed):
     """Predictions made from the demo split's GT: the top window shifted, the rest random."""
-    from libs.utils.submission import save_predictions
+    from libs.evaluation.submission import save_predictions
 
     rng = np.random.default_rng(seed)
     results = []
@@ -226,7 +226,7 @@ def demo_predictions(gt, path, seed):
 def test_report_from_demo_predictions_with_charts(tmp_path):
     pytest.importorskip("matplotlib")
     from libs.datasets.demo import make_demo_data
-    from libs.utils.metrics import load_ground_truth
+    from libs.evaluation.metrics import load_ground_truth
 
     make_demo_data(str(tmp_path / "demo"), num_train_clips=1, num_val_clips=6, num_test_clips=1)
     gt_file = str(tmp_path / "demo" / "nlq_val.json")

@@ -190,7 +190,7 @@ def ensemble_predictions(
 ) -> dict:
     """Fuse aligned prediction records (``load_prediction_file(..., require_scores=True)``)
     into a submission dict (records in the first file's order)."""
-    from libs.utils.submission import SUBMISSION_CHALLENGE, SUBMISSION_VERSION
+    from libs.evaluation.submission import SUBMISSION_CHALLENGE, SUBMISSION_VERSION
 
     if method not in ENSEMBLE_METHODS:
         raise DataError(f"unknown ensemble method {method!r}; expected one of {ENSEMBLE_METHODS}")

@@ -6,7 +6,7 @@ import torch
 
 from conftest import require_shared
 from libs.core.errors import ConfigError
-from libs.modeling.decode import decode_candidates, grid_to_seconds, postprocess
+from libs.evaluation.postprocess import decode_candidates, grid_to_seconds, postprocess
 from libs.modeling.targets import assign_labels
 from tests.golden import assert_same_candidates, assert_same_results
 

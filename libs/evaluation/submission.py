@@ -23,7 +23,7 @@ from typing import Any, Sequence, Union
 
 from libs.core.errors import DataError
 from libs.utils.io import save_json
-from libs.utils.metrics import (
+from libs.evaluation.metrics import (
     GroundTruth,
     load_ground_truth,
     prediction_key,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from libs.engine.evaluator import RecallEvaluator, ReferringRecall, inference_on_dataset, move_to_device
+from libs.evaluation.evaluator import RecallEvaluator, ReferringRecall, inference_on_dataset, move_to_device
 from tests.conftest import require_shared
 
 GT_RECORDS = [

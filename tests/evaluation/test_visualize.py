@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from libs.core.errors import DataError, GroundNLQError
-from libs.utils import visualize
-from libs.utils.visualize import QueryTimeline, load_level_curves, render_timeline, timeline_file_name
+from libs.evaluation import visualize
+from libs.evaluation.visualize import QueryTimeline, load_level_curves, render_timeline, timeline_file_name
 from tests.conftest import ROOT
 
 
@@ -81,8 +81,8 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch):
 def demo_run(tmp_path_factory):
     """The demo val split and predictions made from its GT (shifted top window, random others)."""
     from libs.datasets.demo import make_demo_data
-    from libs.utils.metrics import load_ground_truth
-    from libs.utils.submission import save_predictions
+    from libs.evaluation.metrics import load_ground_truth
+    from libs.evaluation.submission import save_predictions
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_data(str(root / "demo"), num_train_clips=1, num_val_clips=3, num_test_clips=1)

@@ -20,12 +20,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from libs.core.errors import DataError, GroundNLQError
-from libs.utils.io import atomic_open
-from libs.utils.metrics import temporal_iou
+from libs.core.errors import DataError
+from libs.evaluation.metrics import temporal_iou
+from libs.utils.plotting import new_figure, require_matplotlib, save_figure
 
-INSTALL_HINT = "pip install -e .[viz]  (or: pip install matplotlib)"
-FIGURE_DPI = 100
 TIMELINE_WIDTH_IN = 13.0
 TIMELINE_HEIGHT_IN = 4.8  # without score curves
 CURVES_HEIGHT_IN = 2.2  # added when per-level score curves are drawn
@@ -39,33 +37,6 @@ HIT_COLORS = (  # (IoU threshold, colour, legend label), best first; below all: 
 MISS_COLOR = "#d62728"
 NO_GT_COLOR = "#7f7f7f"  # a user's own question has no ground truth: neither hit nor miss
 GT_COLOR = "#1f77b4"
-
-
-def require_matplotlib() -> Any:
-    """Import matplotlib or raise a GroundNLQError saying how to install it."""
-    try:
-        import matplotlib
-        from matplotlib.figure import Figure  # noqa: F401
-    except ImportError:
-        raise GroundNLQError(
-            f"drawing figures needs matplotlib, which is not installed: {INSTALL_HINT}"
-        ) from None
-    return matplotlib
-
-
-def new_figure(width_in: float, height_in: float) -> Any:
-    """A pyplot-free ``Figure`` (rendered by Agg when saved)."""
-    require_matplotlib()
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width_in, height_in), dpi=FIGURE_DPI)
-
-
-def save_figure(fig: Any, path: str) -> str:
-    """Write ``fig`` as a PNG atomically (fixed size: no tight bounding box) and return the path."""
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=FIGURE_DPI)
-    return path
 
 
 @dataclass

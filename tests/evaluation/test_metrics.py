@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from libs.core.errors import DataError
-from libs.utils.metrics import (
+from libs.evaluation.metrics import (
     evaluate_predictions,
     format_metrics_table,
     load_ground_truth,
@@ -135,7 +135,8 @@ def test_model_results_with_tensors():
 
 def test_bad_predictions_raise_data_errors():
     gt = make_gt({"a": [(10.0, 20.0)]})
-    with pytest.raises(DataError, match="unknown clip_uid 'nope'"):
+    with pytest.raises(DataError, match=r"^prediction for query \('nope', 'a', 0\): unknown clip_uid 'nope' "
+                                        r"\(not in <ground truth in memory>\)$"):
         evaluate_predictions([rec("a", 0, [[1, 2]], clip="nope")], gt)
     with pytest.raises(DataError, match="unknown annotation_uid 'b'"):
         evaluate_predictions([rec("b", 0, [[1, 2]])], gt)
@@ -302,6 +303,7 @@ def test_ground_truth_index_of_jsonl_records():
 
 @pytest.mark.parametrize("data, message", [
     ({"videos": [{"video_uid": "v1"}]}, "<ground truth in memory> video 'v1': missing key 'clips'"),
+    ({"videos": ["v1"]}, "<ground truth in memory> video None: missing key 'clips'"),
     ({"videos": [{"video_uid": "v1", "clips": ["clip_uid"]}]}, "<ground truth in memory> clip: missing key 'clip_uid'"),
     ({"videos": [{"clips": [{"clip_uid": "c", "video_start_sec": 0}]}]},
      "<ground truth in memory> clip 'c': missing key 'video_end_sec'"),

@@ -7,7 +7,7 @@ import pytest
 
 import ensemble as ensemble_cli
 from libs.core.errors import DataError
-from libs.utils.ensemble import (
+from libs.evaluation.ensemble import (
     cluster_top1,
     ensemble_predictions,
     fuse_reference,
@@ -15,7 +15,7 @@ from libs.utils.ensemble import (
     span_iou,
     temporal_nms,
 )
-from libs.utils.submission import load_prediction_file
+from libs.evaluation.submission import load_prediction_file
 
 M1 = [[10, 20, 0.9], [30, 40, 0.5], [50, 60, 0.4], [70, 80, 0.3], [0, 1, 0.2]]
 M2 = [[11, 21, 0.8], [31, 41, 0.6], [90, 95, 0.1]]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from libs.core.errors import DataError
-from libs.utils.metrics import evaluate_predictions
-from libs.utils.submission import (
+from libs.evaluation.metrics import evaluate_predictions
+from libs.evaluation.submission import (
     load_prediction_file,
     make_submission,
     read_prediction_file,
