@@ -88,8 +88,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
     import torch
 
     from libs.core.config import load_config
-    from libs.datasets.datasets import make_data_loader, make_dataset
-    from libs.evaluation.evaluator import inference_on_dataset
+    from libs.evaluation.build import build_evaluation, evaluation_records
+    from libs.evaluation.evaluator import RecallEvaluator, inference_on_dataset
     from libs.modeling.checkpoint import load_checkpoint
     from libs.modeling.models import make_meta_arch
 
@@ -107,24 +107,19 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
         if cfg["dataset"].get("test_jsonl_file"):
             overrides.append(f"dataset.val_jsonl_file={cfg['dataset']['test_jsonl_file']}")
     cfg = load_config(args.config, overrides=overrides)
-    key = "val_jsonl_file"
-    records_file = cfg["dataset"].get(key)
-    if not records_file or not os.path.isfile(records_file):
-        raise ConfigError(f"{args.config}: dataset.{key} {records_file!r} (the split to evaluate) not found")
-
-    dataset = make_dataset(cfg["dataset_name"], False, cfg["val_split"], **cfg["dataset"])
-    # list-of-items batches: the model collates them with its own padding settings, and the
-    # video-centric sampler puts a clip's queries in one batch so the clip is embedded once
-    loader = make_data_loader(
-        dataset, False, None, cfg["loader"]["eval_batch_size"], cfg["loader"]["num_workers"],
-        collate_fn=None, video_centric=cfg["loader"]["video_centric"],
-    )
+    if evaluation_records(cfg) is None:
+        raise ConfigError(f"{args.config}: dataset.val_jsonl_file {cfg['dataset'].get('val_jsonl_file')!r} "
+                          "(the split to evaluate) not found")
+    split = build_evaluation(cfg, with_ground_truth=args.split == "val")
+    records_file = split.records_file
     model = make_meta_arch(cfg["model_name"], **cfg["model"])
     load_checkpoint(model, args.checkpoint, use_ema=args.ema, strict=True, trust=args.trust_checkpoint)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
 
-    results = inference_on_dataset(model, loader, device, progress=not args.no_progress)
+    evaluator = RecallEvaluator(split.ground_truth) if split.ground_truth is not None else None
+    results = inference_on_dataset(model, split.loader, device, cfg["test_cfg"], progress=not args.no_progress,
+                                   evaluator=evaluator)
 
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     tag = _checkpoint_tag(args.checkpoint, args.split)
@@ -138,9 +133,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
     if args.split != "val":
         return None
 
-    gt_file = cfg["dataset"].get("json_file")
-    gt = load_ground_truth(gt_file if gt_file and os.path.isfile(gt_file) else records_file)
-    metrics = evaluate_predictions(results, gt)
+    gt = split.ground_truth
+    metrics = evaluator.evaluate()
     report(metrics, gt.num_gt_queries, title=f"{tag} ({'EMA' if args.ema else 'raw'} weights)")
     metrics_path = args.json_out or os.path.join(out_dir, f"{tag}_metrics.json")
     save_json({"checkpoint": os.path.abspath(args.checkpoint), "split": args.split, "ema": args.ema,

@@ -81,30 +81,23 @@ def run_folder(cfg: Dict[str, Any], config_path: str, output: str) -> str:
 
 def make_eval_function(cfg: Dict[str, Any], model_to_evaluate: Callable[[], Any], device: Any) -> Optional[Callable[[], Dict[str, float]]]:
     """Inference on the val split (sharded over ranks), official recall on rank 0, metrics on all."""
-    from libs.datasets.datasets import make_data_loader, make_dataset
-    from libs.evaluation.evaluator import inference_on_dataset
+    from libs.evaluation.build import build_evaluation, evaluation_records
+    from libs.evaluation.evaluator import RecallEvaluator, inference_on_dataset
     from libs.utils import comm
-    from libs.evaluation.metrics import evaluate_predictions, load_ground_truth
 
-    dcfg = cfg["dataset"]
-    records_file = dcfg.get("val_jsonl_file")
-    if not records_file or not os.path.isfile(records_file):
-        logger.warning(f"no validation during training: dataset.val_jsonl_file {records_file!r} not found")
+    if evaluation_records(cfg) is None:
+        logger.warning(f"no validation during training: dataset.val_jsonl_file "
+                       f"{cfg['dataset'].get('val_jsonl_file')!r} not found")
         return None
-    gt_file = dcfg.get("json_file")
-    gt = load_ground_truth(gt_file if gt_file and os.path.isfile(gt_file) else records_file)
-    dataset = make_dataset(cfg["dataset_name"], False, cfg["val_split"], **dcfg)
-    loader = make_data_loader(
-        dataset, False, None, cfg["loader"]["eval_batch_size"], cfg["loader"]["num_workers"],
-        collate_fn=None, video_centric=cfg["loader"]["video_centric"],
-        num_replicas=comm.get_world_size(), rank=comm.get_rank(),
-    )
+    split = build_evaluation(cfg, num_replicas=comm.get_world_size(), rank=comm.get_rank())
+    evaluator = RecallEvaluator(split.ground_truth)
 
     def evaluate() -> Dict[str, float]:
-        results = inference_on_dataset(model_to_evaluate(), loader, device, progress=comm.is_main_process() and sys.stderr.isatty())
+        results = inference_on_dataset(model_to_evaluate(), split.loader, device, cfg["test_cfg"],
+                                       progress=comm.is_main_process() and sys.stderr.isatty())
         # shards may repeat queries (padding to equal sizes): keep one result per query
         merged = {r["query_id"]: r for part in comm.all_gather_object(results) for r in part}
-        metrics = evaluate_predictions(list(merged.values()), gt) if comm.is_main_process() else None
+        metrics = evaluator.evaluate(list(merged.values())) if comm.is_main_process() else None
         return comm.broadcast_object(metrics)
 
     return evaluate
@@ -114,7 +107,7 @@ def train(args: argparse.Namespace) -> None:
     import torch
 
     from libs.core.config import load_config, save_config
-    from libs.datasets.datasets import make_data_loader, make_dataset
+    from libs.datasets.datasets import make_train_loader
     from libs.engine import hooks as H
     from libs.engine.checkpointer import Checkpointer, is_snapshot, load_file
     from libs.engine.trainer import SimpleTrainer, fix_random_seed, steps_in_epoch
@@ -156,12 +149,7 @@ def train(args: argparse.Namespace) -> None:
         opt_cfg["learning_rate"] = opt_cfg["learning_rate"] * world_size
         logger.info(f"learning rate scaled by the world size: {opt_cfg['learning_rate']}")
 
-    dataset = make_dataset(cfg["dataset_name"], True, cfg["train_split"], **cfg["dataset"])
-    loader = make_data_loader(
-        dataset, True, generator, cfg["loader"]["batch_size"], cfg["loader"]["num_workers"],
-        collate_fn=None, video_centric=cfg["loader"]["video_centric"],
-        num_replicas=world_size, rank=rank, seed=cfg["init_rand_seed"],
-    )
+    loader = make_train_loader(cfg, generator, num_replicas=world_size, rank=rank)
 
     model = make_meta_arch(cfg["model_name"], **cfg["model"])
     logger.info(f"model {cfg['model_name']}: {sum(p.numel() for p in model.parameters()):,} parameters")
@@ -179,6 +167,7 @@ def train(args: argparse.Namespace) -> None:
         model, loader, optimizer, scheduler, device=device, ema=ema, grad_accum_steps=accum,
         clip_grad_l2norm=cfg["train_cfg"]["clip_grad_l2norm"], amp=tcfg["amp"],
         max_nonfinite_steps=tcfg["max_nonfinite_steps"], loader_generator=generator, config=cfg,
+        criterion=model.criterion,
     )
     max_epochs = tcfg["early_stop_epochs"] or (opt_cfg["epochs"] + (opt_cfg["warmup_epochs"] if opt_cfg["warmup"] else 0))
 

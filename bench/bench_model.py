@@ -148,11 +148,14 @@ def run_worker(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from libs.evaluation.postprocess import results_of_heads
+
     task, mode, out_path = args.worker.split(":", 2)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model, cfg = build_model(args.config, mode)
     model.to(device)
+    collate = model.collator(is_training=task == "train")  # the loader's job in a run: part of the step
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp == "bf16" else contextlib.nullcontext
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     warmup = 1
@@ -178,7 +181,7 @@ def run_worker(args: argparse.Namespace) -> None:
         clip = float(cfg["train_cfg"]["clip_grad_l2norm"])
 
         def step() -> None:
-            batch = model.prepare_batch(items)  # collate is part of the step (reference pads here)
+            batch = collate(items).to(device)  # collate is part of the step (reference pads here)
             with autocast():
                 losses = model(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -202,10 +205,10 @@ def run_worker(args: argparse.Namespace) -> None:
 
         @torch.no_grad()
         def step(queries: List[Dict[str, Any]] = items) -> None:
-            batch = model.prepare_batch(queries)
+            batch = collate(queries).to(device)
             with autocast():
-                heads = model.forward_heads(batch)
-                model.inference(batch, heads)
+                heads = model(batch)
+                results_of_heads(heads, batch.meta, model.test_cfg)
             captured["heads"], captured["masks"] = heads, batch
 
         queries_per_step = len(items)
@@ -241,8 +244,8 @@ def run_worker(args: argparse.Namespace) -> None:
         queries_per_step=queries_per_step,
         peak_mb=peak_mb() - baseline,
         gflops_per_query=flops.get_total_flops() / 1e9 / (1 if quick_reference_infer else queries_per_step),
-        padded_video_length=int(model.prepare_batch(items).videos.shape[-1]),
-        level_lengths=model.pyramid_lengths(model.prepare_batch(items)),
+        padded_video_length=int(collate(items).videos.shape[-1]),
+        level_lengths=model.pyramid_lengths(collate(items).to(device)),
     )
     result["qps"] = queries_per_step / result["step_s"]
     result["achieved_gflops_per_s"] = result["gflops_per_query"] * result["qps"]

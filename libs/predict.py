@@ -28,7 +28,7 @@ from libs.core.config import load_config
 from libs.core.errors import ConfigError, DataError
 from libs.datasets.feature_store import FeatureStore, open_store
 from libs.datasets.text_encoders import TextEncoder, make_text_encoder
-from libs.evaluation import postprocess as decode
+from libs.evaluation.postprocess import results_of_heads
 from libs.modeling.checkpoint import load_checkpoint
 from libs.modeling.models import make_meta_arch
 
@@ -257,10 +257,5 @@ class Grounder:
     def _predict(self, items: List[Dict[str, Any]], top_k: int) -> List[Dict[str, Any]]:
         """The model's eval path (heads, decoding, NMS) keeping ``top_k`` windows per question."""
         model = self.model
-        batch = model.prepare_batch(items)
-        outputs = model.forward_heads(batch)
-        candidates = decode.decode_candidates(
-            outputs.points, outputs.fpn_masks, outputs.cls_logits, outputs.offsets,
-            model.test_cfg["pre_nms_thresh"], model.test_cfg["pre_nms_topk"], model.test_cfg["duration_thresh"],
-        )
-        return decode.postprocess(candidates, batch.meta, {**model.test_cfg, "max_seg_num": top_k})
+        batch = model.collator(is_training=False)(items).to(next(model.parameters()).device)
+        return results_of_heads(model(batch), batch.meta, {**model.test_cfg, "max_seg_num": top_k})

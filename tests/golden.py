@@ -24,7 +24,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from conftest import require_shared
-from libs.evaluation import postprocess as decode
+from libs.evaluation.postprocess import decode_candidates
 from libs.modeling import make_meta_arch
 
 VARIANTS = ["tiny_model", "tiny_model_star"]
@@ -71,6 +71,11 @@ def inputs(variant: str) -> list:
     return copy.deepcopy(golden(variant, "inputs.pt"))
 
 
+def batch_for(model, items):
+    """``items`` collated as ``model`` pads them, in the model's dtype (the loaders' job in a run)."""
+    return model.collator(model.training)(items).to(dtype=next(model.parameters()).dtype)
+
+
 def record_intermediates(model) -> dict:
     """Forward hooks capturing what the golden ``outputs_eval.pt`` holds: the embeddings (inputs
     of the first stem blocks), every stem and branch block's output, and the neck's output."""
@@ -92,7 +97,7 @@ def channel_first(outputs: List[torch.Tensor]) -> List[torch.Tensor]:
 def candidates_of(model, heads) -> list:
     """The pre-NMS candidates of ``heads`` under the model's test_cfg."""
     cfg = model.test_cfg
-    return decode.decode_candidates(
+    return decode_candidates(
         heads.points, heads.fpn_masks, heads.cls_logits, heads.offsets,
         cfg["pre_nms_thresh"], cfg["pre_nms_topk"], cfg["duration_thresh"],
     )

@@ -54,7 +54,7 @@ def measure_here() -> dict:
         model = g.build(variant)
         rec = g.record_intermediates(model)
         with torch.no_grad():
-            heads = model.forward_heads(model.prepare_batch(g.inputs(variant)))
+            heads = model.forward_heads(g.batch_for(model, g.inputs(variant)))
         note("features", rec["txt_embd"][0], want["txt_embd"])
         note("features", rec["vid_embd"][0], want["vid_embd"])
         for name in ("txt_stem", "vid_stem", "branch"):
@@ -81,13 +81,13 @@ def measure_here() -> dict:
                 runs.append((other(g.inputs(variant)), variants[name]["results"]))
         for item, ref in zip(g.inputs(variant), g.golden(variant, "outputs_eval_single.pt")["per_query"]):
             with torch.no_grad():
-                alone = model.forward_heads(model.prepare_batch([item]))
+                alone = model.forward_heads(g.batch_for(model, [item]))
                 runs.append((model([item]), [ref["results"]]))
             for got, ref_level in zip(g.channel_first(alone.cls_logits), ref["cls_logits"]):
                 note("cls_logits", got, ref_level)
         exact = g.build(variant, video_pad_mode="exact")
         with torch.no_grad():
-            heads = exact.forward_heads(exact.prepare_batch(g.inputs(variant)))
+            heads = exact.forward_heads(g.batch_for(exact, g.inputs(variant)))
             runs.append((exact(g.inputs(variant)), want["results"]))
         for level, mask in enumerate(heads.fpn_masks):
             ref = want["cls_logits"][level][:, 0, :mask.shape[1]]

@@ -83,13 +83,49 @@ class Batch:
             labels=None if self.labels is None else [fn(s) for s in self.labels],
         )
 
-    def to(self, device: Any, non_blocking: bool = False) -> "Batch":
-        """A copy with every tensor on ``device``."""
-        return self.map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
+    def to(self, device: Any = None, dtype: Optional[torch.dtype] = None, non_blocking: bool = False) -> "Batch":
+        """A copy with every tensor on ``device`` and the features in ``dtype`` (e.g. float64 for
+        numerical checks; masks, indices and ground truth keep theirs)."""
+        moved = self.map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
+        if dtype is None:
+            return moved
+        return dataclasses.replace(moved, videos=moved.videos.to(dtype), texts=moved.texts.to(dtype))
 
     def pin_memory(self) -> "Batch":
         """Called by ``DataLoader(pin_memory=True)``."""
         return self.map_tensors(lambda t: t.pin_memory())
+
+
+def largest_stride(backbone_arch: Sequence[int], scale_factor: int) -> int:
+    """The pyramid's largest stride: every padded video length must be a multiple of it (the
+    strided convolutions halve the length ``backbone_arch[3] + backbone_arch[4]`` times)."""
+    return scale_factor ** (backbone_arch[3] + backbone_arch[4])
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchCollator:
+    """The loader's ``collate_fn``: dataset items -> ``Batch`` by the model's padding rules.
+
+    A plain picklable object, so DataLoader worker processes can run it.
+    """
+
+    max_seq_len: int
+    pad_multiple: int
+    video_pad_mode: str = "exact"
+    text_pad_mode: str = "at_least_one"
+    is_training: bool = False
+
+    def __call__(self, items: Sequence[Dict[str, Any]]) -> "Batch":
+        return collate(items, max_seq_len=self.max_seq_len, pad_multiple=self.pad_multiple,
+                       video_pad_mode=self.video_pad_mode, text_pad_mode=self.text_pad_mode,
+                       is_training=self.is_training)
+
+    @classmethod
+    def from_config(cls, cfg: Dict[str, Any], is_training: bool) -> "BatchCollator":
+        """The collator of a loaded config (``dataset.max_seq_len`` and the model's batching keys)."""
+        model = cfg["model"]
+        return cls(cfg["dataset"]["max_seq_len"], largest_stride(model["backbone_arch"], model["scale_factor"]),
+                   model["video_pad_mode"], model["text_pad_mode"], is_training)
 
 
 def round_up(value: int, multiple: int) -> int:

@@ -1,17 +1,10 @@
-"""Small loader helpers: the identity collate and per-worker seeding."""
+"""Per-worker seeding of DataLoader workers."""
 from __future__ import annotations
 
 import os
 import random
-from typing import Any, List
-
 import numpy as np
 import torch
-
-
-def trivial_batch_collator(batch: List[Any]) -> List[Any]:
-    """The reference's collate: the batch stays a list of item dicts (the model pads)."""
-    return batch
 
 
 def worker_init_fn(worker_id: int) -> None:

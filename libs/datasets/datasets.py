@@ -7,7 +7,7 @@ either mode.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sequential
 from libs.core.errors import ConfigError
 from libs.core.registry import Registry
 
-from .data_utils import trivial_batch_collator, worker_init_fn
+from .collate import BatchCollator
+from .data_utils import worker_init_fn
 from .samplers import VideoCentricBatchSampler
 
 DATASETS = Registry("dataset")
@@ -35,12 +36,12 @@ def make_dataset(name: str, is_training: bool, split: Sequence[str], **kwargs: A
 
 
 def make_data_loader(dataset: Dataset, is_training: bool, generator: Optional[torch.Generator],
-                     batch_size: int, num_workers: int, collate_fn: Optional[Callable] = None,
+                     batch_size: int, num_workers: int, collate_fn: Callable,
                      video_centric: bool = False, num_replicas: int = 1, rank: int = 0,
                      seed: int = 0) -> DataLoader:
     """A DataLoader over ``dataset`` for replica ``rank`` of ``num_replicas``.
 
-    ``collate_fn`` None keeps the reference's list-of-dicts batches. Reference mode shards like
+    ``collate_fn`` makes the batches (``BatchCollator``: items -> ``Batch``). Reference mode shards like
     ``DistributedSampler`` (shuffled in training, in file order in evaluation; the reference also
     shuffled evaluation, which only changes the order) and drops the last incomplete batch in
     training. Video-centric mode needs ``dataset.video_id_of(index)``; evaluation batches are not
@@ -50,7 +51,6 @@ def make_data_loader(dataset: Dataset, is_training: bool, generator: Optional[to
         raise ConfigError(f"loader.batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"loader.num_workers must be an integer >= 0, got {num_workers!r}")
-    collate_fn = collate_fn or trivial_batch_collator
     common = dict(num_workers=num_workers, collate_fn=collate_fn, worker_init_fn=worker_init_fn,
                   persistent_workers=num_workers > 0, generator=generator if is_training else None)
     if video_centric:
@@ -78,3 +78,15 @@ def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> No
         batch_sampler.set_epoch(epoch, start_batch=start_batch)
     elif hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
+
+
+def make_train_loader(cfg: Dict[str, Any], generator: torch.Generator, num_replicas: int = 1,
+                      rank: int = 0) -> DataLoader:
+    """The training loader of a loaded config: its dataset, ``Batch`` batches padded by the
+    model's rules, replica ``rank`` of ``num_replicas``, shuffled by ``generator``/``init_rand_seed``."""
+    dataset = make_dataset(cfg["dataset_name"], True, cfg["train_split"], **cfg["dataset"])
+    return make_data_loader(
+        dataset, True, generator, cfg["loader"]["batch_size"], cfg["loader"]["num_workers"],
+        collate_fn=BatchCollator.from_config(cfg, is_training=True), video_centric=cfg["loader"]["video_centric"],
+        num_replicas=num_replicas, rank=rank, seed=cfg["init_rand_seed"],
+    )

@@ -79,33 +79,6 @@ def query_ids_of(batch: Any) -> List[str]:
     return []
 
 
-def move_to_device(batch: Any, device: torch.device) -> Any:
-    """Batch tensors on ``device`` (no-op on the CPU)."""
-    if device.type == "cpu":
-        return batch
-    from libs.evaluation.evaluator import move_to_device as _move
-
-    return _move(batch, device)
-
-
-def sync_loss_normalizer(model: nn.Module) -> None:
-    """Average the positive count over ranks before every normaliser update (multi-process only).
-
-    Wraps the instance's ``update`` so the model code stays free of distributed calls. All ranks
-    run the same number of forwards (equal batch counts), so the collective always matches.
-    """
-    normalizer = getattr(model, "loss_normalizer", None)
-    if normalizer is None or comm.get_world_size() == 1 or getattr(normalizer, "_synced", False):
-        return
-    local_update = normalizer.update
-
-    def update(num_pos: Any) -> Any:
-        return local_update(comm.all_reduce_mean(num_pos))
-
-    normalizer.update = update
-    normalizer._synced = True
-
-
 def steps_in_epoch(loader: DataLoader, epoch: int, grad_accum_steps: int = 1) -> int:
     """Optimizer steps in ``epoch`` (the video-centric sampler's batch count varies a little)."""
     from libs.datasets.datasets import set_loader_epoch
@@ -243,7 +216,12 @@ class SimpleTrainer(TrainerBase):
     """One optimizer step per ``run_step`` over ``grad_accum_steps`` consecutive loader batches.
 
     ``model`` is the bare model (its ``state_dict`` has no ``module.`` prefix); in a multi-process
-    run it is wrapped once in ``DistributedDataParallel`` for the forward/backward.
+    run it is wrapped once in ``DistributedDataParallel`` for the forward/backward. The loader
+    yields ``Batch`` objects (moved to ``device`` here); ``model(batch)`` returns the loss dict.
+    ``criterion``: the training state besides the weights (the model's ``Criterion``: its
+    ``state_dict`` goes into checkpoints; in a multi-process run its ``reduce_count`` is set to
+    the mean over processes, so every process divides its losses by the same normaliser). All
+    ranks run the same number of forwards (equal batch counts), so that collective always matches.
     """
 
     def __init__(
@@ -262,6 +240,7 @@ class SimpleTrainer(TrainerBase):
         loader_generator: Optional[torch.Generator] = None,
         find_unused_parameters: bool = False,
         config: Optional[Dict[str, Any]] = None,
+        criterion: Optional[Any] = None,
     ) -> None:
         super().__init__()
         if grad_accum_steps < 1:
@@ -279,6 +258,7 @@ class SimpleTrainer(TrainerBase):
         self.max_nonfinite_steps = int(max_nonfinite_steps)
         self.loader_generator = loader_generator
         self.config = config
+        self.criterion = criterion
         # AMP only on CUDA; on the CPU training runs in float32 whatever the config says
         self.amp_dtype = AMP_DTYPES.get(amp) if self.device.type == "cuda" else None
         self.grad_scaler = (
@@ -286,7 +266,8 @@ class SimpleTrainer(TrainerBase):
         )
         self.train_model: nn.Module = model
         if comm.get_world_size() > 1:
-            sync_loss_normalizer(model)
+            if criterion is not None:
+                criterion.reduce_count = comm.all_reduce_mean
             self.train_model = nn.parallel.DistributedDataParallel(
                 model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -333,7 +314,9 @@ class SimpleTrainer(TrainerBase):
         data_time = 0.0
         for micro in range(self.grad_accum_steps):
             start = time.perf_counter()
-            batch = move_to_device(next(self._data_iter), self.device)
+            batch = next(self._data_iter)
+            if self.device.type != "cpu":
+                batch = batch.to(self.device, non_blocking=True)
             data_time += time.perf_counter() - start
             last = micro == self.grad_accum_steps - 1
             no_sync = getattr(self.train_model, "no_sync", None)
@@ -413,9 +396,8 @@ class SimpleTrainer(TrainerBase):
             "scheduler": self.scheduler.state_dict(),
             "state_dict_ema": self.ema.state_dict() if self.ema is not None else None,
         }
-        normalizer = getattr(self.model, "loss_normalizer", None)
-        if normalizer is not None:
-            state["loss_normalizer"] = normalizer.state_dict()
+        if self.criterion is not None:
+            state["loss_normalizer"] = self.criterion.state_dict()
         if self.config is not None:
             state["config"] = self.config
         return state
@@ -433,7 +415,6 @@ class SimpleTrainer(TrainerBase):
         progress["iters_per_epoch"] = self.iters_per_epoch
         progress["grad_accum_steps"] = self.grad_accum_steps
         progress["world_size"] = comm.get_world_size()
-        normalizer = getattr(self.model, "loss_normalizer", None)
         return {
             "progress": progress,
             "model": self.model.state_dict(),
@@ -441,7 +422,7 @@ class SimpleTrainer(TrainerBase):
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "loss_normalizer": normalizer.state_dict() if normalizer is not None else None,
+            "loss_normalizer": self.criterion.state_dict() if self.criterion is not None else None,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "hooks": {type(h).__name__: h.state_dict() for h in self._hooks if h.state_dict()},
             "rng": comm.all_gather_object(capture_rng_state(self.loader_generator)),
@@ -473,9 +454,7 @@ class SimpleTrainer(TrainerBase):
             self.ema.load_state_dict(state["ema"])
         if self.grad_scaler is not None and state.get("grad_scaler") is not None:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
-        normalizer = getattr(self.model, "loss_normalizer", None)
-        if normalizer is not None and state.get("loss_normalizer") is not None:
-            normalizer.load_state_dict(state["loss_normalizer"])
+        self._load_criterion(state)
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         hook_states = state.get("hooks", {})
         for hook in self._hooks:
@@ -508,11 +487,13 @@ class SimpleTrainer(TrainerBase):
             self.scheduler.load_state_dict(scheduler_state)
         else:  # the reference's scheduler object: recompute the position
             self.scheduler.load_state_dict({"last_step": self.iter})
-        normalizer = getattr(self.model, "loss_normalizer", None)
-        if normalizer is not None and state.get("loss_normalizer") is not None:
-            normalizer.load_state_dict(state["loss_normalizer"])
+        self._load_criterion(state)
         self.inner_iter = 0
         return start_epoch
+
+    def _load_criterion(self, state: Dict[str, Any]) -> None:
+        if self.criterion is not None and state.get("loss_normalizer") is not None:
+            self.criterion.load_state_dict(state["loss_normalizer"])
 
     def _restore_rng(self, state: Dict[str, Any]) -> None:
         restore_rng_state(state, self.loader_generator)

@@ -1,13 +1,13 @@
 """Running a model over a dataset, and the recall evaluator (Detectron2's evaluator pattern).
 
-``inference_on_dataset`` knows nothing about metrics; ``RecallEvaluator`` knows nothing about the
-model: it collects per-query results (``reset / process``) and scores them with the official
-metric (``evaluate``), so the trainer's eval hook and ``eval.py`` share one path.
+``inference_on_dataset`` knows nothing about metrics: it runs the network on each ``Batch``
+and post-processes the head outputs into per-query results. ``RecallEvaluator`` knows nothing
+about the model: it collects per-query results (``reset / process``) and scores them with the
+official metric (``evaluate``), so the trainer's eval hook and ``eval.py`` share one path.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import torch
 
@@ -19,20 +19,7 @@ from libs.evaluation.metrics import (
     format_metrics_table,
     load_ground_truth,
 )
-
-
-def move_to_device(obj: Any, device: Union[str, torch.device]) -> Any:
-    """Tensors inside a Batch dataclass, dict, list or tuple moved to ``device`` (others kept)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        changes = {f.name: move_to_device(getattr(obj, f.name), device) for f in dataclasses.fields(obj) if f.init}
-        return dataclasses.replace(obj, **changes)
-    if isinstance(obj, dict):
-        return {k: move_to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(move_to_device(v, device) for v in obj)
-    return obj
+from libs.evaluation.postprocess import results_of_heads
 
 
 def _result_to_cpu(result: dict) -> dict:
@@ -44,14 +31,16 @@ def inference_on_dataset(
     model: torch.nn.Module,
     data_loader: Iterable,
     device: Union[str, torch.device],
+    test_cfg: Mapping[str, Any],
     progress: bool = True,
     evaluator: "RecallEvaluator | None" = None,
 ) -> list[dict]:
-    """Run ``model`` in eval mode over every batch; return per-query result dicts on the CPU.
+    """Run ``model`` in eval mode over every ``Batch``; return per-query result dicts on the CPU.
 
-    A batch is whatever the loader yields (a ``Batch`` or a list of item dicts); its tensors are
-    moved to ``device``. The model's train/eval mode is restored afterwards. When ``evaluator``
-    is given, each batch's results are also passed to ``evaluator.process``.
+    Each batch is moved to ``device``, its head outputs post-processed there with ``test_cfg``
+    (NMS included) and only the final windows come back to the CPU. The model's train/eval mode
+    is restored afterwards. When ``evaluator`` is given, each batch's results also go to
+    ``evaluator.process``.
     """
     was_training = model.training
     model.eval()
@@ -65,7 +54,8 @@ def inference_on_dataset(
     try:
         with torch.no_grad():
             for batch in iterator:
-                outputs = [_result_to_cpu(r) for r in model(move_to_device(batch, device))]
+                batch = batch.to(device, non_blocking=True)
+                outputs = [_result_to_cpu(r) for r in results_of_heads(model(batch), batch.meta, test_cfg)]
                 if evaluator is not None:
                     evaluator.process(batch, outputs)
                 results.extend(outputs)

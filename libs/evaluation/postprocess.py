@@ -1,9 +1,10 @@
-"""From head outputs to windows: candidate decoding (on the model's device) and post-processing.
+"""From head outputs to windows, on the outputs' device: candidate decoding, NMS, seconds.
 
 Spec section 7. ``decode_candidates`` turns per-level scores and offsets into pre-NMS candidates in
 grid units, vectorised over the batch (one host synchronisation per batch, to split the kept
-candidates per query). ``postprocess`` runs NMS per query on the CPU and converts grid units to
-seconds with the reference's half-window offset.
+candidates per query). ``postprocess`` runs NMS where the candidates are (CUDA: every query's soft
+NMS in one kernel launch; CPU: the C++ NMS query by query) and converts grid units to seconds with
+the reference's half-window offset. ``results_of_heads`` is both, from a model's ``HeadOutputs``.
 """
 from __future__ import annotations
 
@@ -138,10 +139,10 @@ def postprocess(
     meta: Sequence[Mapping[str, Any]],
     test_cfg: Mapping[str, Any],
 ) -> List[Dict[str, Any]]:
-    """NMS per query on the CPU, then windows in seconds (see ``grid_to_seconds``).
+    """NMS of every query's candidates on their device, then windows in seconds (``grid_to_seconds``).
 
     Args:
-        candidates: ``decode_candidates`` output (any device).
+        candidates: ``decode_candidates`` output (any device; the results stay there).
         meta: per query ``video_id, query_id, duration, fps, feat_stride, feat_num_frames``.
         test_cfg: the reference's NMS keys (``nms_method`` soft/hard/none, ``iou_threshold``,
             ``min_score``, ``max_seg_num``, ``nms_sigma``, ``multiclass_nms``, ``voting_thresh``) and
@@ -156,41 +157,38 @@ def postprocess(
     if len(candidates) != len(meta):
         raise ValueError(f"postprocess: {len(candidates)} candidate sets but {len(meta)} meta dicts")
     method = test_cfg["nms_method"]
-    half_window_offset = bool(test_cfg.get("half_window_offset", True))
+    windows = [(c["segments"].detach(), c["scores"].detach(), c["labels"].detach()) for c in candidates]
     if method != "none":
-        from libs.utils.nms import batched_nms  # imported here: NMS backends load lazily
+        from libs.utils.nms import batched_nms_of_queries  # imported here: NMS backends load lazily
 
+        windows = batched_nms_of_queries(
+            windows,
+            test_cfg["iou_threshold"],
+            test_cfg["min_score"],
+            test_cfg["max_seg_num"],
+            use_soft_nms=(method == "soft"),
+            multiclass=test_cfg["multiclass_nms"],
+            sigma=test_cfg["nms_sigma"],
+            voting_thresh=test_cfg["voting_thresh"],
+            backend=test_cfg.get("nms_backend", "auto"),
+            early_stop=bool(test_cfg.get("nms_early_stop", True)),
+        )
+    half_window_offset = bool(test_cfg.get("half_window_offset", True))
     results = []
-    for cand, info in zip(candidates, meta):
-        segments = cand["segments"].detach().cpu()
-        scores = cand["scores"].detach().cpu()
-        labels = cand["labels"].detach().cpu()
-        if method != "none":
-            segments, scores, labels = batched_nms(
-                segments,
-                scores,
-                labels,
-                test_cfg["iou_threshold"],
-                test_cfg["min_score"],
-                test_cfg["max_seg_num"],
-                use_soft_nms=(method == "soft"),
-                multiclass=test_cfg["multiclass_nms"],
-                sigma=test_cfg["nms_sigma"],
-                voting_thresh=test_cfg["voting_thresh"],
-                backend=test_cfg.get("nms_backend", "auto"),
-                early_stop=bool(test_cfg.get("nms_early_stop", True)),
-            )
+    for (segments, scores, labels), info in zip(windows, meta):
         segments = grid_to_seconds(
             segments, info["fps"], info["feat_stride"], info["feat_num_frames"], info["duration"],
             half_window_offset,
         )
-        results.append(
-            {
-                "video_id": info["video_id"],
-                "query_id": info["query_id"],
-                "segments": segments,
-                "scores": scores,
-                "labels": labels,
-            }
-        )
+        results.append({"video_id": info["video_id"], "query_id": info["query_id"], "segments": segments,
+                        "scores": scores, "labels": labels})
     return results
+
+
+def results_of_heads(heads: Any, meta: Sequence[Mapping[str, Any]], test_cfg: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """Per-query results from a model's ``HeadOutputs`` (points, fpn_masks, cls_logits, offsets)."""
+    candidates = decode_candidates(
+        heads.points, heads.fpn_masks, heads.cls_logits, heads.offsets,
+        test_cfg["pre_nms_thresh"], test_cfg["pre_nms_topk"], test_cfg["duration_thresh"],
+    )
+    return postprocess(candidates, meta, test_cfg)

@@ -1,17 +1,21 @@
-"""Training losses: sigmoid focal loss, 1-D centre-DIoU loss, the running normaliser, and their sum.
+"""The training criterion: sigmoid focal loss, 1-D centre-DIoU loss, the running normaliser, their sum.
 
 Spec section 6. Both losses cast their inputs to float32 (as the reference's TorchScript versions do),
-so float64 targets and AMP half-precision outputs give the same numbers.
+so float64 targets and AMP half-precision outputs give the same numbers. ``Criterion`` puts label
+assignment, the losses and the normaliser together: it is the one stateful part of training besides
+the weights (``state_dict`` travels in snapshots).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from libs.core.errors import ConfigError
+from libs.core.errors import ConfigError, DataError
+
+from . import targets
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -133,6 +137,7 @@ def compute_losses(
     normalizer: LossNormalizer,
     label_smoothing: float,
     loss_weight: float,
+    reduce_count: Callable[[int], float] = float,
 ) -> Dict[str, Tensor]:
     """The reference's training losses (spec section 6); updates ``normalizer`` once.
 
@@ -143,6 +148,8 @@ def compute_losses(
         label_smoothing: eps; targets become ``y (1 - eps) + eps / (C + 1)``.
         loss_weight: weight of the regression loss; ``<= 0`` balances it against the
             classification loss (``cls / max(reg, 0.01)``, detached).
+        reduce_count: applied to the batch's positive count before the normaliser update (a
+            multi-process run averages it over processes, so every process divides alike).
 
     Returns ``{"cls_loss", "reg_loss", "final_loss"}``, 0-d float32 tensors.
     """
@@ -150,8 +157,8 @@ def compute_losses(
     targets = torch.stack(gt_cls)  # (B, P, C)
     positive = positive_points(targets, valid)  # (B, P)
 
-    num_pos = int(positive.sum().item())  # the one host sync of a step
-    norm = normalizer.update(num_pos)
+    num_pos = int(positive.sum().item())  # a host sync: the count decides the normaliser and a branch
+    norm = normalizer.update(reduce_count(num_pos))
 
     num_classes = targets.shape[-1]
     smoothed = targets[valid]  # (V, C), a copy
@@ -174,3 +181,45 @@ def compute_losses(
         weight = cls_loss.detach() / max(reg_loss.item(), MIN_REG_LOSS_FOR_BALANCE)
     final_loss = cls_loss + reg_loss * weight
     return {"cls_loss": cls_loss, "reg_loss": reg_loss, "final_loss": final_loss}
+
+
+class Criterion:
+    """Label assignment, losses and the loss normaliser of one model (spec section 6).
+
+    ``assign`` gives each query's targets on the model's points; calling the criterion gives the
+    losses of the head outputs against them. ``reduce_count`` (default: the count itself) is what
+    a multi-process trainer sets to average the positive count over processes.
+    """
+
+    def __init__(self, train_cfg: Dict[str, Any], num_classes: int, momentum: float = 0.9) -> None:
+        self.num_classes = num_classes
+        self.center_sample = train_cfg["center_sample"]
+        self.center_sample_radius = train_cfg["center_sample_radius"]
+        self.label_smoothing = train_cfg["label_smoothing"]
+        self.loss_weight = train_cfg["loss_weight"]
+        self.normalizer = LossNormalizer(train_cfg["init_loss_norm"], momentum)
+        self.reduce_count: Callable[[int], float] = float
+
+    def assign(self, points: Sequence[Tensor], segments: Sequence[Tensor], labels: Sequence[Tensor],
+               query_ids: Sequence[str]) -> Tuple[List[Tensor], List[Tensor]]:
+        """Targets of every query on ``points`` (per level ``(T_l, 4)``): ``targets.assign_labels``."""
+        for query_id, query_labels in zip(query_ids, labels):
+            if query_labels.shape[-1] != self.num_classes:
+                raise DataError(
+                    f"query {query_id!r}: one_hot_labels has {query_labels.shape[-1]} classes, model "
+                    f"num_classes is {self.num_classes}"
+                )
+        with torch.no_grad():
+            return targets.assign_labels(torch.cat(list(points), dim=0), segments, labels,
+                                         self.center_sample, self.center_sample_radius)
+
+    def __call__(self, fpn_masks: List[Tensor], cls_logits: List[Tensor], offsets: List[Tensor],
+                 gt_cls: List[Tensor], gt_offsets: List[Tensor]) -> Dict[str, Tensor]:
+        return compute_losses(fpn_masks, cls_logits, offsets, gt_cls, gt_offsets, self.normalizer,
+                              self.label_smoothing, self.loss_weight, self.reduce_count)
+
+    def state_dict(self) -> Dict[str, float]:
+        return self.normalizer.state_dict()
+
+    def load_state_dict(self, state: Dict[str, float]) -> None:
+        self.normalizer.load_state_dict(state)

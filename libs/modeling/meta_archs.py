@@ -1,13 +1,16 @@
-"""The GroundNLQ model (``"LocPointTransformer"``): glue between batching, backbone, neck, heads,
-targets/losses (train mode) and decoding (eval mode).
+"""The GroundNLQ model (``"LocPointTransformer"``): a network from a ``Batch`` to losses (train
+mode, through its ``Criterion``) or raw head outputs (eval mode; ``libs.evaluation.postprocess``
+turns them into windows).
 
 Video-centric: each distinct clip of a ``Batch`` is embedded once (convs + position encoding and
 the first stem block's self-attention, the query-independent parts under early fusion) and
 expanded to its queries with ``index_select``; the text branch and everything after run per query.
+
+The reference's ``model(video_list)`` (a list of dataset items) still works: ``forward`` collates
+it with the model's padding rules and, in eval mode, post-processes to per-query results.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import inspect
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -17,8 +20,7 @@ from torch import nn
 
 from ..core.config import DEFAULTS
 from ..core.errors import ConfigError, DataError
-from ..datasets.collate import TEXT_PAD_MODES, VIDEO_PAD_MODES, Batch, collate
-from ..evaluation import postprocess as decode
+from ..datasets.collate import TEXT_PAD_MODES, VIDEO_PAD_MODES, Batch, BatchCollator, largest_stride
 from . import losses, targets
 from .attention import LOCAL_ATTENTION_KERNELS, LocalMaskedMHCA
 from .backbones import pyramid_lengths
@@ -30,7 +32,6 @@ Tensor = torch.Tensor
 # the train_cfg / test_cfg defaults (spec section 2, plus this project's keys); a config's values override them
 DEFAULT_TRAIN_CFG: Dict[str, Any] = DEFAULTS["train_cfg"]
 DEFAULT_TEST_CFG: Dict[str, Any] = DEFAULTS["test_cfg"]
-LOSS_NORMALIZER_MOMENTUM = 0.9
 
 
 class HeadOutputs(NamedTuple):
@@ -129,7 +130,7 @@ class LocPointTransformer(nn.Module):
             if len(window_sizes) != num_levels:
                 raise ConfigError(f"model.n_mha_win_size: need one window per level ({num_levels}), got {window_sizes}")
         # strided convolutions need every level's length to be an integer
-        self.pad_multiple = scale_factor ** (num_levels - 1)
+        self.pad_multiple = largest_stride(backbone_arch, scale_factor)
         if max_seq_len % self.pad_multiple != 0:
             raise ConfigError(
                 f"dataset.max_seq_len: {max_seq_len} must be a multiple of the largest stride {self.pad_multiple}"
@@ -191,28 +192,18 @@ class LocPointTransformer(nn.Module):
             num_layers=head_num_layers, kernel_size=head_kernel_size, with_ln=head_with_ln,
         )
         self.set_local_attention(local_attn_impl)
-        # running number of positives; its state is saved by the trainer, not in state_dict
-        self.loss_normalizer = losses.LossNormalizer(self.train_cfg["init_loss_norm"], LOSS_NORMALIZER_MOMENTUM)
+        # label assignment, losses and the running loss normaliser (state saved by the trainer,
+        # not in state_dict, so reference checkpoints load strictly)
+        self.criterion = losses.Criterion(self.train_cfg, num_classes)
 
-    # ------------------------------------------------------------------ batching
-    def prepare_batch(self, inputs: Union[Batch, Sequence[Dict[str, Any]]]) -> Batch:
-        """A ``Batch`` on the model's device; a list of item dicts is collated with the model's padding."""
-        if isinstance(inputs, Batch):
-            batch = inputs
-        else:
-            batch = collate(
-                inputs,
-                max_seq_len=self.max_seq_len,
-                pad_multiple=self.pad_multiple,
-                video_pad_mode=self.video_pad_mode,
-                text_pad_mode=self.text_pad_mode,
-                is_training=self.training,
-            )
-        param = next(self.parameters())
-        if batch.videos.device != param.device:
-            batch = batch.to(param.device)
-        if batch.videos.dtype != param.dtype:  # e.g. a float64 model for numerical checks
-            batch = dataclasses.replace(batch, videos=batch.videos.to(param.dtype), texts=batch.texts.to(param.dtype))
+    # ------------------------------------------------------------------ batches
+    def collator(self, is_training: bool) -> BatchCollator:
+        """The collate function that pads as this model expects (what the loaders use)."""
+        return BatchCollator(self.max_seq_len, self.pad_multiple, self.video_pad_mode, self.text_pad_mode,
+                             is_training)
+
+    def check_batch(self, batch: Batch) -> None:
+        """A ``DataError`` unless ``batch`` fits the network (feature widths, padded length)."""
         if batch.videos.shape[1] != self.input_vid_dim or batch.texts.shape[1] != self.input_txt_dim:
             raise DataError(
                 f"batch of {batch.query_ids[:3]}...: video/text features have {batch.videos.shape[1]}/"
@@ -222,9 +213,8 @@ class LocPointTransformer(nn.Module):
         if batch.videos.shape[-1] % self.pad_multiple != 0:
             raise DataError(
                 f"padded video length {batch.videos.shape[-1]} is not a multiple of {self.pad_multiple} "
-                "(collate with pad_multiple=model.pad_multiple)"
+                "(collate with the model's collator)"
             )
-        return batch
 
     # ------------------------------------------------------------------ network
     def set_local_attention(self, impl: str) -> None:
@@ -309,63 +299,45 @@ class LocPointTransformer(nn.Module):
         )
         return outputs, fpn_feats, fpn_masks
 
-    def forward(
-        self, inputs: Union[Batch, Sequence[Dict[str, Any]]]
-    ) -> Union[Dict[str, Tensor], List[Dict[str, Any]]]:
-        """Train mode: ``{"cls_loss", "reg_loss", "final_loss"}``; eval mode: per-query result dicts
-        ``{video_id, query_id, segments (K, 2) s, scores (K,), labels (K,)}``."""
-        batch = self.prepare_batch(inputs)
+    def forward(self, inputs: Union[Batch, Sequence[Dict[str, Any]]]) -> Any:
+        """Train mode: ``{"cls_loss", "reg_loss", "final_loss"}``; eval mode: ``HeadOutputs``.
+
+        A list of dataset items instead of a ``Batch`` is the reference's call: collated here (on
+        the model's device) and, in eval mode, post-processed to per-query result dicts
+        ``{video_id, query_id, segments (K, 2) s, scores (K,), labels (K,)}``.
+        """
+        if not isinstance(inputs, Batch):
+            return self._reference_call(inputs)
+        self.check_batch(inputs)
         if self.training:
-            return self.forward_train(batch)
-        return self.inference(batch, self.forward_heads(batch))
+            return self.forward_train(inputs)
+        return self.forward_heads(inputs)
+
+    def _reference_call(self, items: Sequence[Dict[str, Any]]) -> Any:
+        from ..evaluation.postprocess import results_of_heads  # the evaluation layer, kept out of the network
+
+        param = next(self.parameters())
+        batch = self.collator(self.training)(items).to(param.device, param.dtype)
+        outputs = self(batch)
+        if self.training:
+            return outputs
+        with torch.no_grad():
+            return results_of_heads(outputs, batch.meta, self.test_cfg)
 
     def forward_train(self, batch: Batch) -> Dict[str, Tensor]:
         """Train mode's losses; with ``sparse_reg_head`` the regression head runs only around the
         positive points (``RegHead.forward_at``), the only ones the loss reads."""
+        if batch.segments is None or batch.labels is None:
+            raise DataError(f"training needs ground-truth windows; batch of queries {batch.query_ids} has none")
         outputs, fpn_feats, fpn_masks = self._forward_heads(batch, with_offsets=not self.sparse_reg_head)
-        gt_cls, gt_offsets = self.assign_targets(batch, outputs.points)
+        gt_cls, gt_offsets = self.criterion.assign(outputs.points, batch.segments, batch.labels, batch.query_ids)
         offsets = outputs.offsets
         if self.sparse_reg_head:
             lengths = [m.shape[1] for m in outputs.fpn_masks]
             positive = losses.positive_points(torch.stack(gt_cls), torch.cat(outputs.fpn_masks, dim=1))  # (Q, P)
             offsets = self.reg_head.forward_at(fpn_feats, fpn_masks, list(positive.split(lengths, dim=1)))
             offsets = [x.permute(0, 2, 1) for x in offsets]  # (Q, T_l, 2)
-        return losses.compute_losses(outputs.fpn_masks, outputs.cls_logits, offsets, gt_cls, gt_offsets,
-                                     self.loss_normalizer, self.train_cfg["label_smoothing"],
-                                     self.train_cfg["loss_weight"])
-
-    def assign_targets(self, batch: Batch, points: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-        """Label assignment (``targets.assign_labels``) of the batch's windows to ``points``."""
-        if batch.segments is None or batch.labels is None:
-            raise DataError(f"training needs ground-truth windows; batch of queries {batch.query_ids} has none")
-        for query_id, labels in zip(batch.query_ids, batch.labels):
-            if labels.shape[-1] != self.num_classes:
-                raise DataError(
-                    f"query {query_id!r}: one_hot_labels has {labels.shape[-1]} classes, model num_classes is "
-                    f"{self.num_classes}"
-                )
-        with torch.no_grad():
-            return targets.assign_labels(
-                torch.cat(points, dim=0),
-                batch.segments,
-                batch.labels,
-                self.train_cfg["center_sample"],
-                self.train_cfg["center_sample_radius"],
-            )
-
-    @torch.no_grad()
-    def inference(self, batch: Batch, outputs: HeadOutputs) -> List[Dict[str, Any]]:
-        """Decode candidates, NMS, seconds."""
-        candidates = decode.decode_candidates(
-            outputs.points,
-            outputs.fpn_masks,
-            outputs.cls_logits,
-            outputs.offsets,
-            self.test_cfg["pre_nms_thresh"],
-            self.test_cfg["pre_nms_topk"],
-            self.test_cfg["duration_thresh"],
-        )
-        return decode.postprocess(candidates, batch.meta, self.test_cfg)
+        return self.criterion(outputs.fpn_masks, outputs.cls_logits, offsets, gt_cls, gt_offsets)
 
     def set_drop_path(self, prob: float) -> None:
         """Set every drop-path probability (0 makes train mode deterministic; LayerScale stays)."""

@@ -22,9 +22,10 @@ the full run, in O(K N) instead of O(N^2).
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,6 +37,7 @@ __all__ = [
     "softnms",
     "seg_voting",
     "batched_nms",
+    "batched_nms_of_queries",
 ]
 
 BACKENDS = ("auto", "cpp", "cuda", "torch")
@@ -390,7 +392,63 @@ def batched_nms(
         if voting_thresh > 0:
             new_segs = seg_voting(new_segs, segs.to(new_segs), scores.to(new_segs), voting_thresh)
 
-    _, order = new_scores.sort(descending=True)  # unstable, as the reference
-    count = min(max_seg_num, new_segs.shape[0])
-    order = order[:count]
-    return new_segs[order], new_scores[order], new_cls_idxs[order.to(new_cls_idxs.device)]
+    return _sorted_and_capped(new_segs, new_scores, new_cls_idxs, max_seg_num)
+
+
+def _sorted_and_capped(segs, scores, labels, max_seg_num):
+    """The wrapper's last step: by score, descending (unstable, as the reference), the first ``max_seg_num``."""
+    _, order = scores.sort(descending=True)
+    order = order[:min(max_seg_num, segs.shape[0])]
+    return segs[order], scores[order], labels[order.to(labels.device)]
+
+
+def batched_nms_of_queries(
+    problems: Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    iou_threshold: float,
+    min_score: float,
+    max_seg_num: int,
+    use_soft_nms: bool = True,
+    multiclass: bool = True,
+    sigma: float = 0.5,
+    voting_thresh: float = 0.75,
+    backend: str = "auto",
+    early_stop: bool = True,
+) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`batched_nms` of many queries' ``(segs, scores, cls_idxs)``, on their device.
+
+    When each query is one soft-NMS problem (single-class candidates, or class-agnostic NMS
+    without voting) and the CUDA kernel runs, every query goes in one launch
+    (``softnms_batched``: one thread block per query); otherwise query by query. Same results.
+    """
+    if len(problems) == 0:
+        return []
+    chosen = _resolve_backend(backend, problems[0][0].device)
+    if chosen == "cuda" and use_soft_nms and _one_problem_per_query(problems, multiclass, voting_thresh):
+        return _soft_nms_in_one_launch(problems, iou_threshold, sigma, min_score, max_seg_num, early_stop)
+    return [batched_nms(segs, scores, labels, iou_threshold, min_score, max_seg_num, use_soft_nms=use_soft_nms,
+                        multiclass=multiclass, sigma=sigma, voting_thresh=voting_thresh, backend=backend,
+                        early_stop=early_stop) for segs, scores, labels in problems]
+
+
+def _one_problem_per_query(problems, multiclass: bool, voting_thresh: float) -> bool:
+    if not multiclass:
+        return voting_thresh <= 0
+    labels = torch.cat([labels for _, _, labels in problems])
+    return labels.numel() == 0 or bool(labels.min() == labels.max())
+
+
+def _soft_nms_in_one_launch(problems, iou_threshold, sigma, min_score, max_seg_num, early_stop):
+    sizes = [segs.shape[0] for segs, _, _ in problems]
+    offsets = torch.tensor([0] + list(itertools.accumulate(sizes)), dtype=torch.long)
+    segs = _as_float32(torch.cat([segs for segs, _, _ in problems]))
+    scores = _as_float32(torch.cat([scores for _, scores, _ in problems]))
+    limit = max_seg_num if (early_stop and max_seg_num > 0) else -1
+    dets, inds, counts = _nms_cuda.softnms_batched(segs, scores, offsets, float(iou_threshold), float(sigma),
+                                                   float(min_score), 2, limit)
+    results = []
+    for start, count, (_, _, labels) in zip(offsets.tolist(), counts.tolist(), problems):
+        if max_seg_num > 0:
+            count = min(count, max_seg_num)
+        rows, local = dets[start:start + count], inds[start:start + count]
+        results.append(_sorted_and_capped(rows[:, :2], rows[:, 2], labels[local.to(labels.device)], max_seg_num))
+    return results

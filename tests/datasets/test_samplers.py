@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from libs.core.errors import ConfigError
-from libs.datasets.data_utils import trivial_batch_collator, worker_init_fn
+from libs.datasets.data_utils import worker_init_fn
 from libs.datasets.datasets import make_data_loader, set_loader_epoch
 from libs.datasets.samplers import VideoCentricBatchSampler, pack_chunks, split_group
 
@@ -115,12 +115,12 @@ class _ToyDataset(torch.utils.data.Dataset):
         return {"video_id": self.ids[index], "index": index}
 
 
-def test_reference_loader_gives_lists_of_items():
+def test_reference_sampling_keeps_file_order_in_evaluation_and_drops_the_last_batch_in_training():
     dataset = _ToyDataset(["a", "b", "c", "d", "e"])
-    loader = make_data_loader(dataset, False, None, batch_size=2, num_workers=0)
+    loader = make_data_loader(dataset, False, None, batch_size=2, num_workers=0, collate_fn=list)
     assert [[item["index"] for item in batch] for batch in loader] == [[0, 1], [2, 3], [4]]
     generator = torch.Generator().manual_seed(0)
-    train = make_data_loader(dataset, True, generator, batch_size=2, num_workers=0)
+    train = make_data_loader(dataset, True, generator, batch_size=2, num_workers=0, collate_fn=list)
     set_loader_epoch(train, 1)
     batches = [[item["index"] for item in batch] for batch in train]
     assert len(batches) == 2 and all(len(b) == 2 for b in batches)  # drop_last in training
@@ -129,9 +129,9 @@ def test_reference_loader_gives_lists_of_items():
 def test_video_centric_loader_groups_and_shards():
     ids = ["a", "a", "b", "c", "c", "c"]
     dataset = _ToyDataset(ids)
-    loader = make_data_loader(dataset, False, None, batch_size=3, num_workers=0, video_centric=True)
+    loader = make_data_loader(dataset, False, None, batch_size=3, num_workers=0, collate_fn=list, video_centric=True)
     assert [[item["index"] for item in batch] for batch in loader] == [[0, 1, 2], [3, 4, 5]]
-    shards = [make_data_loader(dataset, True, torch.Generator(), batch_size=3, num_workers=0,
+    shards = [make_data_loader(dataset, True, torch.Generator(), batch_size=3, num_workers=0, collate_fn=list,
                                video_centric=True, num_replicas=2, rank=r, seed=7) for r in range(2)]
     for shard in shards:
         set_loader_epoch(shard, 1)
@@ -146,4 +146,3 @@ def test_worker_init_fn_seeds_numpy_and_random():
     np.random.seed(5)
     random.seed(5)
     assert got == (np.random.rand(), random.random())
-    assert trivial_batch_collator([{"a": 1}]) == [{"a": 1}]

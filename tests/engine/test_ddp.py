@@ -26,7 +26,7 @@ def _worker(rank, folder):
         standard_hooks(trainer)
         trainer.train(0, 1)
         grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-        torch.save({"grads": grads, "normalizer": model.loss_normalizer.value,
+        torch.save({"grads": grads, "normalizer": model.criterion.normalizer.value,
                     "mean": comm.all_reduce_mean(float(rank))}, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -41,8 +41,7 @@ def test_two_process_step_equals_one_process_step(tmp_path):
     # per rank ((0 + 2) and (1 + 3) -> 3), which is the global count / 2
     items = toy_items(4)
     ref = ToyModel(normalizer=True)
-    local_update = ref.loss_normalizer.update
-    ref.loss_normalizer.update = lambda num_pos: local_update(num_pos / WORLD_SIZE)
+    ref.criterion.reduce_count = lambda num_pos: num_pos / WORLD_SIZE
     ref(items)["final_loss"].backward()
 
     expected_norm = 0.9 * 10.0 + 0.1 * 3

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from libs.engine import hooks as H
 from libs.engine.checkpointer import Checkpointer, load_file
 from libs.engine.trainer import HookBase, NonFiniteLossError, SimpleTrainer
-from libs.modeling.losses import LossNormalizer
+from libs.core.config import DEFAULTS
+from libs.modeling.losses import Criterion
 from libs.utils.ema import ModelEMA
 from libs.utils.lr_schedule import make_scheduler
 from libs.utils.optim import make_optimizer
@@ -44,7 +45,7 @@ class ToyModel(nn.Module):
         self.norm = nn.LayerNorm(4)
         self.drop = nn.Dropout(dropout)
         self.nan_ids = set(nan_ids)
-        self.loss_normalizer = LossNormalizer(10.0) if normalizer else None
+        self.criterion = Criterion({**DEFAULTS["train_cfg"], "init_loss_norm": 10.0}, 1) if normalizer else None
 
     def forward(self, items):
         x = torch.stack([it["x"] for it in items])  # (B, 4)
@@ -52,8 +53,8 @@ class ToyModel(nn.Module):
         pred = self.fc(self.drop(self.norm(x))).squeeze(1)
         cls_loss = ((pred - y) ** 2).mean()
         reg_loss = pred.abs().mean()
-        if self.loss_normalizer is not None:
-            norm = self.loss_normalizer.update(sum(it["num_pos"] for it in items))
+        if self.criterion is not None:  # the real criterion's normaliser update, on a toy count
+            norm = self.criterion.normalizer.update(self.criterion.reduce_count(sum(it["num_pos"] for it in items)))
             cls_loss, reg_loss = cls_loss * 10.0 / norm, reg_loss * 10.0 / norm
         if any(it["query_id"] in self.nan_ids for it in items):
             cls_loss = cls_loss * float("nan")
@@ -70,7 +71,7 @@ def build_trainer(model, loader, *, accum=1, clip=1.0, ema=True, max_nonfinite=5
     scheduler = make_scheduler(optimizer, OPT_CFG, len(loader) // accum)
     return SimpleTrainer(model, loader, optimizer, scheduler, ema=ModelEMA(model, 0.9) if ema else None,
                          grad_accum_steps=accum, clip_grad_l2norm=clip, max_nonfinite_steps=max_nonfinite,
-                         loader_generator=generator)
+                         loader_generator=generator, criterion=model.criterion)
 
 
 def standard_hooks(trainer):
@@ -243,7 +244,7 @@ def test_in_process_resume_mid_epoch_is_bit_identical(tmp_path):
     for key, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[key], value), key
         assert torch.equal(resumed.ema.state_dict()[key], straight.ema.state_dict()[key]), key
-    assert resumed.model.loss_normalizer.value == straight.model.loss_normalizer.value
+    assert resumed.model.criterion.normalizer.value == straight.model.criterion.normalizer.value
 
 
 # ---------------------------------------------------------------- the real model (golden tiny config)
@@ -260,7 +261,7 @@ def test_one_step_of_tiny_golden_model():
     for module in model.modules():  # the fixture's train mode is deterministic (drop path off)
         if hasattr(module, "drop_prob"):
             module.drop_prob = 0.0
-    loader = DataLoader(inputs, batch_size=3, shuffle=False, collate_fn=identity_collate)
+    loader = DataLoader(inputs, batch_size=3, shuffle=False, collate_fn=model.collator(is_training=True))
     trainer = build_trainer(model, loader, clip=cfg["train_cfg"]["clip_grad_l2norm"])
     standard_hooks(trainer)
     trainer.train(0, 1)
@@ -268,5 +269,5 @@ def test_one_step_of_tiny_golden_model():
     for name in ("cls_loss", "reg_loss", "final_loss"):
         assert storage.history(name).latest() == pytest.approx(float(outputs["losses"][name]), abs=1e-6)
     assert storage.history("grad_norm").latest() == pytest.approx(float(outputs["total_grad_norm"]), rel=1e-5)
-    assert model.loss_normalizer.value == pytest.approx(outputs["loss_normalizer_after"])
+    assert model.criterion.normalizer.value == pytest.approx(outputs["loss_normalizer_after"])
     assert math.isclose(storage.history("lr").latest(), 0.0)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from libs.engine.trainer import HookBase, SimpleTrainer
 from libs.utils.lr_schedule import make_scheduler
 from libs.utils.optim import make_optimizer
-from tests.golden import VARIANTS, assert_same_results, build, channel_first, golden, inputs
+from tests.golden import VARIANTS, assert_same_results, batch_for, build, channel_first, golden, inputs
 from tests.modeling.test_meta_arch_golden import (
     assert_grads_match,
     assert_heads_match_at_valid_positions,
@@ -42,7 +42,7 @@ def test_golden_heads_and_results_on_cuda(variant, video_pad_mode):
     want = golden(variant, "outputs_eval.pt")
     model = build(variant, video_pad_mode=video_pad_mode).to(CUDA)
     with torch.no_grad():
-        heads = model.forward_heads(model.prepare_batch(inputs(variant)))
+        heads = model.forward_heads(batch_for(model, inputs(variant)))
         results = model(inputs(variant))
     assert heads.cls_logits[0].device.type == "cuda"
     assert_heads_match_at_valid_positions(heads, want, scale=CUDA_SCALE)
@@ -67,7 +67,7 @@ def test_autocast_inference_on_cuda_stays_close(dtype):
     want = golden("tiny_model", "outputs_eval.pt")
     model = build("tiny_model").to(CUDA)
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
-        heads = model.forward_heads(model.prepare_batch(inputs("tiny_model")))
+        heads = model.forward_heads(batch_for(model, inputs("tiny_model")))
         results = model(inputs("tiny_model"))
     for got, ref in zip(channel_first(heads.cls_logits), want["cls_logits"]):
         assert got.shape == ref.shape and (got.float().cpu() - ref).abs().max() < 0.1
@@ -94,7 +94,7 @@ def test_trainer_steps_on_cuda(amp):
     model.set_drop_path(0.0)
     opt_cfg = {"type": "AdamW", "learning_rate": 1e-4, "weight_decay": 0.05, "epochs": 1, "warmup": False,
                "warmup_epochs": 0, "schedule_type": "cosine"}
-    loader = DataLoader(inputs("tiny_model") * 2, batch_size=3, shuffle=False, collate_fn=lambda b: b)
+    loader = DataLoader(inputs("tiny_model") * 2, batch_size=3, shuffle=False, collate_fn=model.collator(is_training=True))
     optimizer = make_optimizer(model, opt_cfg)
     trainer = SimpleTrainer(model, loader, optimizer, make_scheduler(optimizer, opt_cfg, len(loader)),
                             device=CUDA, clip_grad_l2norm=1.0, amp=amp)

@@ -18,7 +18,7 @@ from libs.modeling.attention import (
 from libs.modeling.backbones import pyramid_lengths
 from libs.modeling.blocks import TransformerBlock
 from libs.modeling.heads import RegHead
-from tests.golden import assert_close, assert_same_results
+from tests.golden import assert_close, assert_same_results, batch_for
 
 SMALL = dict(
     backbone_arch=[2, 2, 2, 2, 1], input_vid_dim=6, input_txt_dim=5, max_seq_len=64, n_head=2,
@@ -47,8 +47,8 @@ def test_sdpa_and_explicit_softmax_give_the_same_model_outputs():
     explicit = make_meta_arch("LocPointTransformer", **SMALL, use_sdpa=False).eval()
     explicit.load_state_dict(fused.state_dict())
     with torch.no_grad():
-        a = fused.forward_heads(fused.prepare_batch(items()))
-        b = explicit.forward_heads(explicit.prepare_batch(items()))
+        a = fused.forward_heads(batch_for(fused, items()))
+        b = explicit.forward_heads(batch_for(explicit, items()))
     assert_same_heads(a, b)
 
 
@@ -88,9 +88,9 @@ def test_bfloat16_autocast_runs_and_stays_close(training):
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         return
     with torch.no_grad():
-        full = model.forward_heads(model.prepare_batch(items()))
+        full = model.forward_heads(batch_for(model, items()))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = model.forward_heads(model.prepare_batch(items()))
+            low = model.forward_heads(batch_for(model, items()))
             results = model(items())
     for x, y in zip(full.cls_logits, low.cls_logits):
         assert (x - y.float()).abs().max() < 0.1
@@ -114,7 +114,7 @@ def test_full_finetune_model_forward_backward_at_max_length():
         "one_hot_labels": torch.ones(1, 1, dtype=torch.int64), "query_id": "q", "query": "",
         "query_feats": torch.randn(512, 12),
     }
-    batch = model.prepare_batch([item])
+    batch = batch_for(model, [item])
     assert batch.videos.shape[-1] == 2560
     losses = model(batch)
     losses["final_loss"].backward()
@@ -186,8 +186,8 @@ def test_local_attention_impls_give_the_same_model_outputs_in_float32(impl):
     assert list(blocked.state_dict()) == list(other.state_dict())
     assert {m.impl for m in other.modules() if isinstance(m, LocalMaskedMHCA)} == {impl}
     with torch.no_grad():
-        a = blocked.forward_heads(blocked.prepare_batch(items()))
-        b = other.forward_heads(other.prepare_batch(items()))
+        a = blocked.forward_heads(batch_for(blocked, items()))
+        b = other.forward_heads(batch_for(other, items()))
     assert_same_heads(a, b, valid_only=True)
 
 
@@ -241,7 +241,7 @@ def test_trimmed_pyramid_gives_the_full_length_outputs(lengths):
     trimmed, full = _trimmed_and_full()
     batch_items = [dict(item, feats=torch.randn(6, n)) for item, n in zip(items(3) * 2, lengths)]
     with torch.no_grad():
-        batch = trimmed.prepare_batch(batch_items)
+        batch = batch_for(trimmed, batch_items)
         a = trimmed.eval().forward_heads(batch)
         b = full.eval().forward_heads(batch)
     want = pyramid_lengths(max(lengths), batch.videos.shape[-1], 4, 2)
@@ -304,7 +304,7 @@ def test_regression_head_at_positives_equals_the_full_head_there_and_is_zero_els
 def test_reference_video_padding_is_never_trimmed():
     model = make_meta_arch("LocPointTransformer", **SMALL, video_pad_mode="reference", trim_pyramid=True).eval()
     with torch.no_grad():
-        out = model.forward_heads(model.prepare_batch(items()))
+        out = model.forward_heads(batch_for(model, items()))
     assert [m.shape[1] for m in out.fpn_masks] == [64, 32, 16, 8]
 
 
@@ -341,11 +341,11 @@ def test_one_clip_batch_gives_each_query_its_reference_outputs():
     reference.load_state_dict(fast.state_dict())
     queries = _clip_queries()
     with torch.no_grad():
-        batch = fast.prepare_batch(queries)
+        batch = batch_for(fast, queries)
         assert batch.num_videos == 1 and batch.videos.shape[-1] < 64
         together = fast.forward_heads(batch)
         for row, item in enumerate(queries):
-            alone = reference.forward_heads(reference.prepare_batch([item]))
+            alone = reference.forward_heads(batch_for(reference, [item]))
             for quantity in ("cls_logits", "offsets"):
                 for level, (x, y) in enumerate(zip(getattr(together, quantity), getattr(alone, quantity))):
                     length = x.shape[1]
@@ -364,7 +364,7 @@ def test_first_stem_self_attention_runs_once_per_clip():
     stem[0].cross_attn.register_forward_hook(lambda m, a, o: rows.__setitem__("cross0", a[0].shape[0]))
     stem[1].attn.register_forward_hook(lambda m, a, o: rows.__setitem__("attn1", a[0].shape[0]))
     with torch.no_grad():
-        model.forward_heads(model.prepare_batch(_clip_queries()))
+        model.forward_heads(batch_for(model, _clip_queries()))
     assert rows == {"attn0": 1, "cross0": 4, "attn1": 4}
 
 
@@ -397,8 +397,8 @@ def test_training_with_shared_video_rows_gives_reference_losses_and_gradients():
     reference.load_state_dict(fast.state_dict())
     queries = _clip_queries()
     separate = [dict(item, video_id=f"clip#{i}") for i, item in enumerate(queries)]  # one row each
-    shared_batch = fast.prepare_batch(queries)
-    separate_batch = reference.prepare_batch(separate)
+    shared_batch = batch_for(fast, queries)
+    separate_batch = batch_for(reference, separate)
     assert shared_batch.num_videos == 1 and separate_batch.num_videos == 4
     _assert_same_losses_and_gradients(fast, fast(shared_batch), reference, reference(separate_batch))
 
@@ -466,8 +466,8 @@ def test_compiled_network_gives_the_same_outputs_and_state_dict():
     dynamo.reset()
     try:
         with torch.no_grad():
-            a = plain.forward_heads(plain.prepare_batch(items()))
-            b = compiled.forward_heads(compiled.prepare_batch(items()))
+            a = plain.forward_heads(batch_for(plain, items()))
+            b = compiled.forward_heads(batch_for(compiled, items()))
     except Exception as error:  # pragma: no cover - platform without dynamo support
         pytest.skip(f"torch.compile unavailable here: {error}")
     finally:

@@ -15,6 +15,7 @@ from tests.golden import (
     assert_close,
     assert_same_candidates,
     assert_same_results,
+    batch_for,
     build,
     candidates_of,
     channel_first,
@@ -60,7 +61,7 @@ def test_every_intermediate_matches_reference_batch_of_three(variant):
     model = build(variant)
     rec = record_intermediates(model)
     with torch.no_grad():
-        batch = model.prepare_batch(inputs(variant))
+        batch = batch_for(model, inputs(variant))
         heads = model.forward_heads(batch)
     assert batch.videos.shape[-1] == want["padded_video_length"] == 256
     assert torch.equal(batch.video_masks, want["vid_mask"]) and torch.equal(batch.text_masks, want["txt_mask"])
@@ -85,7 +86,7 @@ def test_float64_model_stays_within_the_measured_float32_deviation():
     want = golden("tiny_model", "outputs_eval.pt")
     model = build("tiny_model").double()
     with torch.no_grad():
-        heads = model.forward_heads(model.prepare_batch(inputs("tiny_model")))
+        heads = model.forward_heads(batch_for(model, inputs("tiny_model")))
     assert heads.cls_logits[0].dtype == torch.float64
     assert_heads_match(heads, want)
 
@@ -95,7 +96,7 @@ def test_pre_nms_candidates_and_results_match_reference(variant):
     want = golden(variant, "outputs_eval.pt")
     model = build(variant)
     with torch.no_grad():
-        heads = model.forward_heads(model.prepare_batch(inputs(variant)))
+        heads = model.forward_heads(batch_for(model, inputs(variant)))
         results = model(inputs(variant))
     for ours, ref in zip(candidates_of(model, heads), want["pre_nms"]):
         assert_same_candidates(ours, ref)
@@ -119,7 +120,7 @@ def test_single_query_runs_match_reference(variant):
     model = build(variant)
     for item, want in zip(inputs(variant), single):
         with torch.no_grad():
-            heads = model.forward_heads(model.prepare_batch([item]))
+            heads = model.forward_heads(batch_for(model, [item]))
             results = model([item])
         assert_heads_match(heads, want)
         assert_same_results(results, [want["results"]])
@@ -130,7 +131,7 @@ def test_exact_video_padding_reproduces_reference_at_valid_positions(variant):
     want = golden(variant, "outputs_eval.pt")
     model = build(variant, video_pad_mode="exact")
     with torch.no_grad():
-        batch = model.prepare_batch(inputs(variant))
+        batch = batch_for(model, inputs(variant))
         heads = model.forward_heads(batch)
         results = model(inputs(variant))
     assert batch.videos.shape[-1] == 208  # roundup(200 + 8, 8) instead of 256
@@ -164,9 +165,9 @@ def test_train_losses_normaliser_and_gradients_match_reference(variant, video_pa
     model = build(variant, video_pad_mode=video_pad_mode)
     model.set_drop_path(0.0)
     model.train()
-    assert model.loss_normalizer.value == want["loss_normalizer_before"] == 200.0
+    assert model.criterion.normalizer.value == want["loss_normalizer_before"] == 200.0
     losses = model(inputs(variant))
-    assert model.loss_normalizer.value == pytest.approx(want["loss_normalizer_after"], abs=1e-12)
+    assert model.criterion.normalizer.value == pytest.approx(want["loss_normalizer_after"], abs=1e-12)
     assert_losses_match(losses, want)
     losses["final_loss"].backward()
     assert_grads_match(model, grads)
@@ -179,7 +180,7 @@ def test_train_labels_seen_by_the_model_match_reference():
     want = golden("tiny_model", "outputs_train.pt")
     model = build("tiny_model")
     with torch.no_grad():
-        batch = model.prepare_batch(inputs("tiny_model"))
+        batch = batch_for(model, inputs("tiny_model"))
         heads = model.forward_heads(batch)
     gt_cls, gt_offsets = targets.assign_labels(torch.cat(heads.points), batch.segments, batch.labels)
     for got, ref in zip(gt_cls + gt_offsets, want["gt_cls"] + want["gt_offsets"]):
@@ -219,7 +220,7 @@ def test_shared_clip_rows_equal_separate_rows(variant):
     grads = []
     for batch in (grouped, separate):
         model.zero_grad()
-        model.loss_normalizer.value = 200.0
+        model.criterion.normalizer.value = 200.0
         model(batch)["final_loss"].backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:

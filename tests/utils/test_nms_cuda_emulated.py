@@ -24,6 +24,7 @@ from libs.utils.nms import nms, softnms
 from tests.conftest import require_shared
 from tests.utils.emulated_cuda_nms import HERE, build, compile_library, find_compiler
 from tests.utils.nms_cases import (
+    SCORE_ATOL,
     assert_batched_rows_match,
     assert_same_softnms,
     batched_problems,
@@ -131,6 +132,42 @@ def test_batched_soft_nms_kernel_equals_one_problem_at_a_time(kernels, method):
             lambda p_segs, p_scores: softnms(p_segs, p_scores, 0.3, 0.5, 0.001, method,
                                              max_keep=None if max_keep < 0 else max_keep, backend="torch"),
             method, max_keep)
+
+
+@pytest.mark.parametrize("test_cfg", [
+    {"nms_method": "soft", "multiclass_nms": True, "max_seg_num": 5, "nms_early_stop": True},
+    {"nms_method": "soft", "multiclass_nms": False, "voting_thresh": 0.0, "max_seg_num": 50, "nms_early_stop": False},
+])
+def test_postprocess_of_a_batch_in_one_launch_equals_query_by_query(kernels, monkeypatch, test_cfg):
+    """What evaluation runs on a GPU: every query's soft NMS in one ``softnms_batched`` launch
+    (the emulated kernel standing in for the CUDA one) gives the C++ NMS's results query by query,
+    empty queries included."""
+    import libs.utils.nms as nms_module
+    from libs.evaluation.postprocess import postprocess
+
+    cfg = {"iou_threshold": 0.1, "min_score": 0.001, "nms_sigma": 0.75, "voting_thresh": 0.9, **test_cfg}
+    problems, _ = batched_problems(seed=3, count=20, large_size=300)
+    candidates = [{"segments": segs, "scores": scores, "labels": torch.zeros(len(scores), dtype=torch.long)}
+                  for segs, scores in problems]
+    meta = [{"video_id": "v", "query_id": f"q_{i}", "duration": 500.0, "fps": 30, "feat_stride": 16.0,
+             "feat_num_frames": 16.0} for i in range(len(problems))]
+    want = postprocess(candidates, meta, {**cfg, "nms_backend": "cpp"})
+    launches = []
+
+    class OneLaunch:
+        def softnms_batched(self, *args):
+            launches.append(args[2].tolist())
+            return kernels[256].softnms_batched(*args)
+
+    monkeypatch.setattr(nms_module, "_nms_cuda", OneLaunch())
+    monkeypatch.setattr(nms_module, "_resolve_backend", lambda backend, device: "cuda")
+    got = postprocess(candidates, meta, cfg)
+    assert len(launches) == 1 and len(launches[0]) == len(problems) + 1
+    assert any(len(scores) == 0 for _, scores in problems)
+    for a, b in zip(got, want):
+        assert a["query_id"] == b["query_id"] and torch.equal(a["labels"], b["labels"])
+        assert torch.equal(a["segments"], b["segments"])
+        assert torch.allclose(a["scores"], b["scores"], rtol=0, atol=SCORE_ATOL)
 
 
 def test_the_emulation_reports_barrier_mistakes(compiler, tmp_path):
