@@ -13,23 +13,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from libs.core.errors import ConfigError
-from libs.core.registry import Registry
 
+from . import ego4d, narration  # noqa: F401  (they register the built-in datasets)
 from .collate import BatchCollator
 from .data_utils import worker_init_fn
+from .registry import DATASETS
 from .samplers import VideoCentricBatchSampler
-
-DATASETS = Registry("dataset")
-
-
-def _register_builtin_datasets() -> None:
-    """Import the modules whose classes register themselves (kept lazy: they import this one)."""
-    from . import ego4d, narration  # noqa: F401
-
 
 def make_dataset(name: str, is_training: bool, split: Sequence[str], **kwargs: Any) -> Dataset:
     """Build the registered dataset ``name`` with the config's ``dataset`` keyword arguments."""
-    _register_builtin_datasets()
     if name not in DATASETS:
         raise ConfigError(f"dataset_name {name!r} is not a registered dataset; known: {DATASETS.names()}")
     return DATASETS.get(name)(is_training=is_training, split=split, **kwargs)

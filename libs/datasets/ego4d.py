@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from libs.core.errors import ConfigError, DataError
 
 from .annotations import read_jsonl
-from .datasets import DATASETS
+from .registry import DATASETS
 from .feature_store import FeatureStore, open_store
 
 LONG_CLIP_POLICIES = ("crop", "error")

@@ -7,7 +7,7 @@ the ``"ego4d"`` class under a second name, not a copy: point ``train_jsonl_file`
 ``text_feat_dir`` at the narration files (usually with ``enable_temporal_jittering: True``).
 The shipped pretraining config names ``"ego4d"`` and works unchanged.
 """
-from .datasets import DATASETS
+from .registry import DATASETS
 from .ego4d import Ego4dDataset
 
 DATASETS.register("ego4d_narration")(Ego4dDataset)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import DataError
-from .blocks import LayerNorm, MaskedConv1D, TransformerBlock, sinusoid_table
+from .blocks import LayerNorm, MaskedConv1D, sinusoid_table
+from .transformer import TransformerBlock
 from .models import register_backbone
 
 Tensor = torch.Tensor

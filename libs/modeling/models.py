@@ -2,6 +2,8 @@
 
 Configs name components by string (``backbone_type``, ``fpn_type``, ``model_name``); these
 registries turn the names into modules. Unknown names raise a ``ConfigError`` listing the known ones.
+The components register themselves when ``libs.modeling`` is imported (its ``__init__``), which
+happens before this module whichever way it is reached; this module imports none of them.
 """
 from __future__ import annotations
 
@@ -35,7 +37,6 @@ def register_meta_arch(name: str) -> Callable[[Any], Any]:
 
 
 def _build(registry: Registry, config_key: str, name: str, **kwargs: Any) -> nn.Module:
-    _import_components()
     if name not in registry:
         raise ConfigError(f"{config_key}: unknown {registry.kind} {name!r}; known: {registry.names()}")
     return registry.build(name, **kwargs)
@@ -59,8 +60,3 @@ def make_generator(name: str, **kwargs: Any) -> nn.Module:
 def make_meta_arch(name: str, **kwargs: Any) -> nn.Module:
     """Build the whole model registered as ``name`` (config key ``model_name``) from ``cfg["model"]``."""
     return _build(META_ARCHS, "model_name", name, **kwargs)
-
-
-def _import_components() -> None:
-    """Import the modules that register components (they import this module, so not at the top)."""
-    from . import backbones, loc_generators, meta_archs, necks  # noqa: F401

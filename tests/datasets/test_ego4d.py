@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from libs.core.errors import ConfigError, DataError
-from libs.datasets.datasets import DATASETS, make_dataset
+from libs.datasets.datasets import make_dataset
+from libs.datasets.registry import DATASETS
 from libs.datasets.ego4d import Ego4dDataset, crop_window_start, jitter_window
 from libs.datasets.feature_store import write_store
 

@@ -9,11 +9,11 @@ from libs.modeling.blocks import (
     LayerNorm,
     MaskedConv1D,
     Scale,
-    TransformerBlock,
     downsample_mask,
     drop_path,
     sinusoid_table,
 )
+from libs.modeling.transformer import TransformerBlock
 
 
 def test_downsample_mask_keeps_every_stride_th_entry():

@@ -16,7 +16,7 @@ from libs.modeling.attention import (
     chunked_local_attention,
 )
 from libs.modeling.backbones import pyramid_lengths
-from libs.modeling.blocks import TransformerBlock
+from libs.modeling.transformer import TransformerBlock
 from libs.modeling.heads import RegHead
 from tests.golden import assert_close, assert_same_results, batch_for
 
