@@ -90,7 +90,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
     from libs.core.config import load_config
     from libs.evaluation.build import build_evaluation, evaluation_records
     from libs.evaluation.evaluator import RecallEvaluator, inference_on_dataset
-    from libs.modeling.checkpoint import load_checkpoint
+    from libs.engine.checkpoint import load_checkpoint
     from libs.modeling.models import make_meta_arch
 
     if not os.path.isfile(args.checkpoint):

@@ -109,9 +109,9 @@ def train(args: argparse.Namespace) -> None:
     from libs.core.config import load_config, save_config
     from libs.datasets.datasets import make_train_loader
     from libs.engine import hooks as H
-    from libs.engine.checkpointer import Checkpointer, is_snapshot, load_file
+    from libs.engine.checkpoint import Checkpointer, is_snapshot, load_file
     from libs.engine.trainer import SimpleTrainer, fix_random_seed, steps_in_epoch
-    from libs.modeling.checkpoint import load_checkpoint
+    from libs.engine.checkpoint import load_checkpoint
     from libs.modeling.models import make_meta_arch
     from libs.utils import comm
     from libs.utils.ema import ModelEMA

@@ -29,7 +29,7 @@ from libs.core.errors import ConfigError, DataError
 from libs.datasets.feature_store import FeatureStore, open_store
 from libs.datasets.text_encoders import TextEncoder, make_text_encoder
 from libs.evaluation.postprocess import results_of_heads
-from libs.modeling.checkpoint import load_checkpoint
+from libs.engine.checkpoint import load_checkpoint
 from libs.modeling.models import make_meta_arch
 
 ClipInput = Union[str, np.ndarray, torch.Tensor]

@@ -29,9 +29,9 @@ from libs.datasets.annotations import official_to_records, read_jsonl
 from libs.datasets.demo import make_demo_data
 from libs.datasets.feature_store import open_store, write_store
 from libs.engine import hooks as H
-from libs.engine.checkpointer import Checkpointer
+from libs.engine.checkpoint import Checkpointer
 from libs.engine.trainer import NonFiniteLossError
-from libs.modeling.checkpoint import load_checkpoint, read_checkpoint
+from libs.engine.checkpoint import load_checkpoint, read_checkpoint
 from libs.modeling.models import make_meta_arch
 from libs.utils.cli import run_command
 from libs.utils.io import save_json, torch_save

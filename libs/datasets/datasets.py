@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from libs.core.errors import ConfigError
 
@@ -18,7 +18,7 @@ from . import ego4d, narration  # noqa: F401  (they register the built-in datase
 from .collate import BatchCollator
 from .data_utils import worker_init_fn
 from .registry import DATASETS
-from .samplers import VideoCentricBatchSampler
+from .samplers import ReferenceBatchSampler, VideoCentricBatchSampler
 
 def make_dataset(name: str, is_training: bool, split: Sequence[str], **kwargs: Any) -> Dataset:
     """Build the registered dataset ``name`` with the config's ``dataset`` keyword arguments."""
@@ -43,32 +43,34 @@ def make_data_loader(dataset: Dataset, is_training: bool, generator: Optional[to
         raise ConfigError(f"loader.batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ConfigError(f"loader.num_workers must be an integer >= 0, got {num_workers!r}")
-    common = dict(num_workers=num_workers, collate_fn=collate_fn, worker_init_fn=worker_init_fn,
-                  persistent_workers=num_workers > 0, generator=generator if is_training else None)
     if video_centric:
         if not hasattr(dataset, "video_id_of"):
             raise ConfigError(f"video-centric loading needs {type(dataset).__name__}.video_id_of(index)")
         video_ids = [dataset.video_id_of(i) for i in range(len(dataset))]
-        batch_sampler = VideoCentricBatchSampler(video_ids, batch_size, shuffle=is_training, seed=seed,
-                                                 drop_last=False, num_replicas=num_replicas, rank=rank)
-        return DataLoader(dataset, batch_sampler=batch_sampler, **common)
-    if is_training or num_replicas > 1:
-        sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank,
-                                     shuffle=is_training, seed=seed)
+        batch_sampler: Any = VideoCentricBatchSampler(video_ids, batch_size, shuffle=is_training, seed=seed,
+                                                      drop_last=False, num_replicas=num_replicas, rank=rank)
     else:
-        sampler = SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=is_training, **common)
+        batch_sampler = ReferenceBatchSampler(len(dataset), batch_size, shuffle=is_training, seed=seed,
+                                              drop_last=is_training, num_replicas=num_replicas, rank=rank)
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_fn,
+                      worker_init_fn=worker_init_fn, persistent_workers=num_workers > 0,
+                      generator=generator if is_training else None)
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
-    """Reshuffle for ``epoch`` whichever sampler the loader uses.
+    """Reshuffle for ``epoch``; the next pass starts at batch ``start_batch`` (resuming mid-epoch).
 
-    ``start_batch`` (resuming mid-epoch) is honoured by the video-centric sampler only.
+    Loaders of ``make_data_loader`` do both; another loader's sampler is only reshuffled, and
+    asking it to start mid-epoch is an error.
     """
     batch_sampler = loader.batch_sampler
-    if isinstance(batch_sampler, VideoCentricBatchSampler):
+    if isinstance(batch_sampler, (VideoCentricBatchSampler, ReferenceBatchSampler)):
         batch_sampler.set_epoch(epoch, start_batch=start_batch)
-    elif hasattr(loader.sampler, "set_epoch"):
+        return
+    if start_batch:
+        raise ConfigError("resuming mid-epoch needs a loader made by make_data_loader "
+                          f"(this one samples with {type(batch_sampler).__name__})")
+    if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
 
 

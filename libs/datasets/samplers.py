@@ -13,11 +13,12 @@ truncating the list so that every replica gets the same number of batches.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
 
 from libs.core.errors import ConfigError
 
@@ -60,9 +61,9 @@ class VideoCentricBatchSampler(Sampler[List[int]]):
     """Yields lists of dataset indices; each list holds whole clips (or chunks of a big clip).
 
     ``batch_size`` is the most queries per batch. ``set_epoch(e)`` reshuffles deterministically;
-    ``set_epoch(e, start_batch=k)`` (or ``load_state_dict``) makes the next pass skip the ``k``
-    batches this replica already ran in epoch ``e`` (resuming mid-epoch). ``len()`` is always the
-    full per-replica count of an epoch.
+    ``set_epoch(e, start_batch=k)`` makes the next pass skip the ``k`` batches this replica already
+    ran in epoch ``e`` (resuming mid-epoch; skipped batches are never loaded). ``len()`` is always
+    the full per-replica count of an epoch.
     """
 
     def __init__(self, video_ids: Sequence[str], batch_size: int, shuffle: bool = True, seed: int = 0,
@@ -88,13 +89,6 @@ class VideoCentricBatchSampler(Sampler[List[int]]):
         """Select the epoch's shuffle; ``start_batch`` batches of it are skipped on the next pass."""
         self.epoch = epoch
         self.start_batch = start_batch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "start_batch": self.start_batch, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.set_epoch(int(state["epoch"]), int(state.get("start_batch", 0)))
-        self.seed = int(state.get("seed", self.seed))
 
     def all_batches(self) -> List[List[int]]:
         """Every batch of the current epoch, before sharding across replicas."""
@@ -139,3 +133,32 @@ class VideoCentricBatchSampler(Sampler[List[int]]):
     def __len__(self) -> int:
         # packing depends on the shuffle, so the count can differ by a batch or so between epochs
         return self._num_batches(len(self.all_batches()))
+
+
+class ReferenceBatchSampler(Sampler[List[int]]):
+    """The reference's batches: ``DistributedSampler``'s shard of the dataset (shuffled by ``seed +
+    epoch`` when ``shuffle``, else in file order; padded by repeating items so that every replica
+    gets as many) cut into lists of ``batch_size`` (with ``drop_last``, the last incomplete one is
+    dropped). ``set_epoch(e, start_batch=k)`` as ``VideoCentricBatchSampler``'s."""
+
+    def __init__(self, num_items: int, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"loader.batch_size must be a positive integer, got {batch_size!r}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ConfigError(f"sampler rank {rank} is not in [0, num_replicas={num_replicas})")
+        self.sampler = DistributedSampler(range(num_items), num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                          seed=seed)
+        self.batches = BatchSampler(self.sampler, batch_size, drop_last)
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.start_batch = start_batch
+
+    def __iter__(self) -> Iterator[List[int]]:
+        skip, self.start_batch = self.start_batch, 0  # a resume offset applies to one pass
+        return itertools.islice(iter(self.batches), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.batches)

@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from libs.core.errors import GroundNLQError
-from libs.engine.checkpointer import BEST_CHECKPOINT, Checkpointer
+from libs.engine.checkpoint import BEST_CHECKPOINT, Checkpointer
 from libs.engine.trainer import HookBase
 from libs.utils import comm
 from libs.utils.events import EventWriter

@@ -21,7 +21,6 @@ Differences from the reference, on purpose:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import random
@@ -34,7 +33,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from libs.core.errors import CheckpointError, ConfigError, GroundNLQError
-from libs.engine.checkpointer import capture_rng_state, restore_rng_state
+from libs.datasets.datasets import set_loader_epoch
+from libs.engine.checkpoint import load_checkpoint
+from libs.engine.rng_state import capture_rng_state, restore_rng_state
 from libs.utils import comm
 from libs.utils.ema import ModelEMA
 from libs.utils.events import EventStorage
@@ -81,8 +82,6 @@ def query_ids_of(batch: Any) -> List[str]:
 
 def steps_in_epoch(loader: DataLoader, epoch: int, grad_accum_steps: int = 1) -> int:
     """Optimizer steps in ``epoch`` (the video-centric sampler's batch count varies a little)."""
-    from libs.datasets.datasets import set_loader_epoch
-
     set_loader_epoch(loader, epoch)
     return len(loader) // grad_accum_steps
 
@@ -94,36 +93,6 @@ def _require_keys(state: Dict[str, Any], keys: Sequence[str], source: str) -> No
     missing = [k for k in keys if k not in state]
     if missing:
         raise CheckpointError(f"{source}: not a resumable file of this trainer (missing {missing})")
-
-
-class _SkipFirstBatches:
-    """A batch sampler that leaves out the first ``skip`` batches of ``base`` (mid-epoch resume)."""
-
-    def __init__(self, base: Any, skip: int) -> None:
-        self.base, self.skip = base, skip
-
-    def __iter__(self) -> Iterator[List[int]]:
-        return itertools.islice(iter(self.base), self.skip, None)
-
-    def __len__(self) -> int:
-        return max(len(self.base) - self.skip, 0)
-
-
-def _loader_skipping(loader: DataLoader, skip: int) -> DataLoader:
-    """A loader like ``loader`` whose pass starts at batch ``skip``; skipped batches are not loaded."""
-    return DataLoader(
-        loader.dataset,
-        batch_sampler=_SkipFirstBatches(loader.batch_sampler, skip),
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        prefetch_factor=loader.prefetch_factor,
-        persistent_workers=False,
-    )
 
 
 class HookBase:
@@ -294,8 +263,8 @@ class SimpleTrainer(TrainerBase):
         if self._pending_rng is not None and skip == 0:
             self._restore_rng(self._pending_rng)
             self._pending_rng = None
-        loader = self.data_loader if skip == 0 else _loader_skipping(self.data_loader, skip)
-        self._data_iter = iter(loader)
+        set_loader_epoch(self.data_loader, self.epoch, start_batch=skip)  # skipped batches are not loaded
+        self._data_iter = iter(self.data_loader)
         if self._pending_rng is not None:
             self._restore_rng(self._pending_rng)
             self._pending_rng = None
@@ -469,8 +438,6 @@ class SimpleTrainer(TrainerBase):
     def load_checkpoint_state(self, state: Dict[str, Any], source: str = "checkpoint") -> int:
         """Resume from an epoch checkpoint (the reference's way): weights, EMA, optimizer and
         schedule; data order and RNG start afresh. Returns the epoch to start at (``epoch + 1``)."""
-        from libs.modeling.checkpoint import load_checkpoint
-
         _require_keys(state, ("epoch", "state_dict"), source)
         load_checkpoint(self.model, state, strict=True)
         if self.ema is not None and state.get("state_dict_ema") is not None:

@@ -9,7 +9,7 @@ import torch
 from libs.core.errors import ConfigError
 from libs.datasets.data_utils import worker_init_fn
 from libs.datasets.datasets import make_data_loader, set_loader_epoch
-from libs.datasets.samplers import VideoCentricBatchSampler, pack_chunks, split_group
+from libs.datasets.samplers import ReferenceBatchSampler, VideoCentricBatchSampler, pack_chunks, split_group
 
 
 def _video_ids(seed=0, num_clips=15):
@@ -82,16 +82,33 @@ def test_shards_have_equal_batch_counts(drop_last):
         assert set(flat) == set(range(len(ids)))  # padded by repeating, so everything is seen
 
 
-def test_resume_skips_done_batches_once():
+@pytest.mark.parametrize("video_centric", [True, False])
+def test_resume_skips_done_batches_once(video_centric):
     ids = _video_ids()
-    sampler = VideoCentricBatchSampler(ids, batch_size=8, seed=0)
+
+    def make():
+        if video_centric:
+            return VideoCentricBatchSampler(ids, batch_size=8, seed=0)
+        return ReferenceBatchSampler(len(ids), batch_size=3, shuffle=True, seed=0, drop_last=True)
+
+    sampler = make()
     sampler.set_epoch(2)
     whole = list(sampler)
-    resumed = VideoCentricBatchSampler(ids, batch_size=8, seed=0)
-    resumed.load_state_dict({"epoch": 2, "start_batch": 3, "seed": 0})
+    resumed = make()
+    resumed.set_epoch(2, start_batch=3)
+    assert len(resumed) == len(whole)  # the epoch's full count
     assert list(resumed) == whole[3:]
     assert list(resumed) == whole  # the offset applies to one pass only
-    assert resumed.state_dict() == {"epoch": 2, "start_batch": 0, "seed": 0}
+    other = make()
+    other.set_epoch(3)
+    assert list(other) != whole
+
+
+def test_reference_batches_shard_like_distributed_sampler():
+    shards = [ReferenceBatchSampler(10, batch_size=2, shuffle=False, num_replicas=3, rank=r) for r in range(3)]
+    assert [list(s) for s in shards] == [[[0, 3], [6, 9]], [[1, 4], [7, 0]], [[2, 5], [8, 1]]]  # padded by repeating
+    with pytest.raises(ConfigError, match="rank 3"):
+        ReferenceBatchSampler(10, batch_size=2, num_replicas=3, rank=3)
 
 
 def test_bad_arguments():
@@ -146,3 +163,10 @@ def test_worker_init_fn_seeds_numpy_and_random():
     np.random.seed(5)
     random.seed(5)
     assert got == (np.random.rand(), random.random())
+
+
+def test_only_our_loaders_resume_mid_epoch():
+    plain = torch.utils.data.DataLoader(list(range(6)), batch_size=2)
+    set_loader_epoch(plain, 1)  # nothing to reshuffle: fine
+    with pytest.raises(ConfigError, match="resuming mid-epoch needs a loader made by make_data_loader"):
+        set_loader_epoch(plain, 1, start_batch=2)

@@ -8,12 +8,13 @@ import os
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from libs.engine import hooks as H
-from libs.engine.checkpointer import Checkpointer, load_file
+from libs.engine.checkpoint import Checkpointer, load_file
 from libs.engine.trainer import HookBase, NonFiniteLossError, SimpleTrainer
 from libs.core.config import DEFAULTS
+from libs.datasets.samplers import ReferenceBatchSampler
 from libs.modeling.losses import Criterion
 from libs.utils.ema import ModelEMA
 from libs.utils.lr_schedule import make_scheduler
@@ -62,8 +63,9 @@ class ToyModel(nn.Module):
 
 
 def toy_loader(items, batch_size, num_replicas=1, rank=0, shuffle=True):
-    sampler = DistributedSampler(items, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=0)
-    return DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=identity_collate, drop_last=True)
+    sampler = ReferenceBatchSampler(len(items), batch_size, shuffle=shuffle, seed=0, drop_last=True,
+                                    num_replicas=num_replicas, rank=rank)
+    return DataLoader(items, batch_sampler=sampler, collate_fn=identity_collate)
 
 
 def build_trainer(model, loader, *, accum=1, clip=1.0, ema=True, max_nonfinite=5, generator=None):
@@ -91,7 +93,7 @@ def test_loop_equals_hand_written_training():
     optimizer = make_optimizer(ref, OPT_CFG)
     scheduler = make_scheduler(optimizer, OPT_CFG, len(loader))
     for epoch in range(3):
-        loader.sampler.set_epoch(epoch)
+        loader.batch_sampler.set_epoch(epoch)
         for batch in loader:
             optimizer.zero_grad(set_to_none=True)
             ref(batch)["final_loss"].backward()

@@ -1,23 +1,38 @@
-"""Loading model weights from reference checkpoints and our own.
+"""Checkpoint files: reading them safely, loading model weights from them, writing and finding a
+run's checkpoints and snapshots.
 
-Accepted layouts: ``{epoch, state_dict, optimizer, scheduler, state_dict_ema, ...}`` (reference
-and this project's epoch checkpoints), ``{model: ...}`` (snapshots) or a bare state dict; keys
-with or without DDP's ``module.`` prefix. Files are read with ``torch.load(weights_only=True)``
-(plus a small allow-list of NumPy scalar types); arbitrary unpickling needs ``trust=True``.
-Problems are reported by name in a ``CheckpointError``.
+Reading: ``torch.load(weights_only=True)`` on the CPU (plus a small allow-list of NumPy scalar
+types that old optimizer states hold); arbitrary unpickling needs ``trust=True``; every problem is
+a ``CheckpointError`` naming the file. Weights come from any of ``{epoch, state_dict, optimizer,
+scheduler, state_dict_ema, ...}`` (the reference's and this project's epoch checkpoints),
+``{model: ...}`` (snapshots) or a bare state dict, with or without DDP's ``module.`` prefix.
+
+A run's folder holds two kinds of files:
+
+* **epoch checkpoints** ``epoch_XXX.pth.tar`` (and ``model_best.pth.tar``) in the reference's format
+  ``{epoch, state_dict, optimizer, scheduler, state_dict_ema}`` plus our keys; ``epoch`` is the
+  0-based index of the finished epoch, as the reference's.
+* **snapshots** ``snapshot_last.pth`` (the previous one rotated to ``snapshot_prev.pth``): everything a
+  resumed run needs to continue bit-identically (see ``Trainer.state_dict``), including RNG states.
+
+What the files *contain* is the trainer's business; this module reads, writes and finds them.
 """
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import pickle
 import re
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from ..core.errors import CheckpointError
+from libs.core.errors import CheckpointError
+from libs.utils.io import torch_save
 
+logger = logging.getLogger("groundnlq")
 Tensor = torch.Tensor
 
 DDP_PREFIX = "module."
@@ -173,3 +188,85 @@ def load_reference_checkpoint(
 ) -> Dict[str, Any]:
     """A reference (``houzhijian/GroundNLQ``) checkpoint: the same loader, named for readers."""
     return load_checkpoint(model, path_or_dict, use_ema=use_ema, strict=strict)
+
+
+SNAPSHOT_FORMAT = "groundnlq-snapshot"
+SNAPSHOT_LAST = "snapshot_last.pth"
+SNAPSHOT_PREV = "snapshot_prev.pth"
+BEST_CHECKPOINT = "model_best.pth.tar"
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pth.tar"
+
+
+# ---------------------------------------------------------------- a run's files
+def load_file(path: str, trust: bool = False) -> Dict[str, Any]:
+    """A checkpoint or snapshot read weights-only on the CPU (``trust``: unpickle anything; only for
+    files you made yourself); CheckpointError naming the file otherwise."""
+    obj = read_checkpoint(path, trust=trust)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path!r}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def is_snapshot(state: Dict[str, Any]) -> bool:
+    return state.get("format") == SNAPSHOT_FORMAT
+
+
+class Checkpointer:
+    """Writes a run's checkpoints and snapshots into ``folder``; reads them back for resuming.
+
+    Only rank 0 should call the ``save_*`` methods.
+    """
+
+    def __init__(self, folder: str, keep_last: Optional[int] = 3) -> None:
+        self.folder = folder
+        self.keep_last = keep_last
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def save_snapshot(self, state: Dict[str, Any]) -> str:
+        """Write ``snapshot_last.pth`` atomically, keeping the previous one as ``snapshot_prev.pth``."""
+        last = self.path(SNAPSHOT_LAST)
+        if os.path.exists(last):
+            os.replace(last, self.path(SNAPSHOT_PREV))
+        torch_save({"format": SNAPSHOT_FORMAT, **state}, last)
+        return last
+
+    def save_checkpoint(self, name: str, state: Dict[str, Any]) -> str:
+        path = self.path(name)
+        torch_save(state, path)
+        return path
+
+    def save_epoch_checkpoint(self, epoch: int, state: Dict[str, Any]) -> str:
+        """``epoch_XXX.pth.tar``; then delete all but the newest ``keep_last`` (None or <= 0: keep all)."""
+        path = self.save_checkpoint(epoch_checkpoint_name(epoch), state)
+        if self.keep_last and self.keep_last > 0:
+            for old in self.epoch_checkpoints()[: -self.keep_last]:
+                os.remove(old)
+        return path
+
+    def epoch_checkpoints(self) -> List[str]:
+        """Paths of ``epoch_XXX.pth.tar`` files, oldest epoch first."""
+        return sorted(glob.glob(os.path.join(glob.escape(self.folder), "epoch_[0-9][0-9][0-9]*.pth.tar")))
+
+    def snapshot_candidates(self) -> List[str]:
+        """Snapshot files of the folder, newest first (by modification time, then name)."""
+        paths = glob.glob(os.path.join(glob.escape(self.folder), "snapshot_*.pth"))
+        return sorted(paths, key=lambda p: (os.path.getmtime(p), p.endswith(SNAPSHOT_LAST)), reverse=True)
+
+    def find_resumable(self) -> Optional[Tuple[str, Dict[str, Any]]]:
+        """The newest readable snapshot ``(path, state)``; unreadable ones are skipped with a warning."""
+        for path in self.snapshot_candidates():
+            try:
+                state = load_file(path)
+            except CheckpointError as exc:
+                logger.warning(f"skipping unreadable snapshot: {exc}")
+                continue
+            if not is_snapshot(state):
+                logger.warning(f"skipping {path!r}: not a snapshot of this trainer")
+                continue
+            return path, state
+        return None
