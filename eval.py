@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     parser.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
     parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--mode", default=None, metavar="NAME",
+                        help="apply configs/modes/NAME.yaml over the config (reference: the reference's computation)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--pred-file", default=None, help="score this submission/prediction file")
@@ -103,10 +105,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
     if args.split == "test":
         # the test split is read through the evaluation slot of the dataset (as the reference's
         # inference config does); dataset.test_jsonl_file names it, when set
-        cfg = load_config(args.config, overrides=list(args.opt))
+        cfg = load_config(args.config, overrides=list(args.opt), mode=args.mode)
         if cfg["dataset"].get("test_jsonl_file"):
             overrides.append(f"dataset.val_jsonl_file={cfg['dataset']['test_jsonl_file']}")
-    cfg = load_config(args.config, overrides=overrides)
+    cfg = load_config(args.config, overrides=overrides, mode=args.mode)
     if evaluation_records(cfg) is None:
         raise ConfigError(f"{args.config}: dataset.val_jsonl_file {cfg['dataset'].get('val_jsonl_file')!r} "
                           "(the split to evaluate) not found")

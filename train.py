@@ -52,6 +52,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pretrained", default=None, metavar="PATH",
                         help="finetune from this checkpoint (heads re-initialised)")
     parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. opt.epochs=3")
+    parser.add_argument("--mode", default=None, metavar="NAME",
+                        help="apply configs/modes/NAME.yaml over the config (reference: the reference's computation)")
     parser.add_argument("--print-freq", type=int, default=None, help="log every N steps (trainer.print_freq)")
     parser.add_argument("--ckpt-freq", type=int, default=None, help="epoch checkpoint every N epochs (trainer.checkpoint_freq)")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -124,7 +126,7 @@ def train(args: argparse.Namespace) -> None:
         overrides.append(f"trainer.print_freq={args.print_freq}")
     if args.ckpt_freq is not None:
         overrides.append(f"trainer.checkpoint_freq={args.ckpt_freq}")
-    cfg = load_config(args.config, overrides=overrides)
+    cfg = load_config(args.config, overrides=overrides, mode=args.mode)
     if cfg["trainer"]["cpu_threads"] is not None:  # validated by load_config
         torch.set_num_threads(cfg["trainer"]["cpu_threads"])
     # read an explicit --resume file first: a damaged one must fail before anything is written

@@ -16,7 +16,8 @@ and step times are taken after ``torch.cuda.synchronize()``.
 Modes (real-length inputs: clips of ``--clip-len`` x 2304 features, ``--queries`` queries per
 clip with 9-15 text tokens x 512):
 
-* ``reference``: everything as the reference runs it: video padded to ``max_seq_len``, text
+* ``reference``: ``configs/modes/reference.yaml`` over the config, everything as the reference
+  runs it: video padded to ``max_seq_len``, text
   padded to the batch's longest query, explicit softmax attention, the reference's local
   attention algorithm (``local_attn_impl: chunked``, overlapping chunks), soft NMS over every
   candidate with the C++ backend, the regression head over every point in training, one query
@@ -63,16 +64,6 @@ CONFIG = os.path.join(ROOT, "configs", "ego4d_nlq_v2_pretrain_finetune_internvid
 MODES = ("reference", "fast")
 TASKS = ("train", "infer")
 # model / test_cfg switches of each mode (everything else: the config)
-MODE_MODEL_KEYS = {
-    "reference": {"video_pad_mode": "reference", "text_pad_mode": "reference", "use_sdpa": False,
-                  "local_attn_impl": "chunked", "trim_pyramid": False, "sparse_reg_head": False},
-    "fast": {"video_pad_mode": "exact", "text_pad_mode": "at_least_one", "use_sdpa": True,
-             "local_attn_impl": "blocked", "trim_pyramid": True, "sparse_reg_head": True},
-}
-MODE_TEST_CFG = {"reference": {"nms_early_stop": False, "nms_backend": "cpp"},
-                 "fast": {"nms_early_stop": True, "nms_backend": "auto"}}
-
-
 def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and reference queries (< 3 min)")
@@ -123,12 +114,10 @@ def build_model(config: str, mode: str):
     from libs.core.config import load_config
     from libs.modeling import make_meta_arch
 
-    cfg = load_config(config)
-    model_kwargs = dict(cfg["model"])
-    model_kwargs.update(MODE_MODEL_KEYS[mode])
-    model_kwargs["test_cfg"] = {**model_kwargs["test_cfg"], **MODE_TEST_CFG[mode]}
+    # fast mode is the defaults; reference mode is configs/modes/reference.yaml over the config
+    cfg = load_config(config, mode="reference" if mode == "reference" else None)
     torch.manual_seed(0)  # same random weights in both modes
-    model = make_meta_arch(cfg["model_name"], **model_kwargs)
+    model = make_meta_arch(cfg["model_name"], **cfg["model"])
     # LayerScale starts at 1e-4, which would hide attention and text from the output comparison;
     # U(0.5, 1.5) as in the golden fixtures makes max_abs_diff see every branch
     gen = torch.Generator().manual_seed(1)

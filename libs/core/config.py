@@ -310,6 +310,8 @@ _OPTIONAL_VALUES: dict[tuple[str, ...], tuple[Any, str]] = {
 # YAML 1.1 (PyYAML) reads "1e-4" as a string; accept such numbers where a float is expected
 _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
+MODES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs",
+                         "modes")
 CONFIG_YAML = "config.yaml"
 CONFIG_TXT = "config.txt"
 
@@ -346,13 +348,40 @@ def parse_overrides(overrides: list[str]) -> dict:
     return result
 
 
-def load_config(path: str, overrides: list[str] | None = None, check_paths: bool = False) -> dict:
-    """Load a YAML config, apply overrides, validate, derive the model's keys.
+def mode_path(mode: str) -> str:
+    """The file of a named mode (``configs/modes/<mode>.yaml``), or a ConfigError listing the modes."""
+    path = os.path.join(MODES_DIR, f"{mode}.yaml")
+    if not os.path.isfile(path):
+        known = sorted(name[:-5] for name in os.listdir(MODES_DIR) if name.endswith(".yaml"))
+        raise ConfigError(f"unknown mode {mode!r}; known modes: {known} (files in {MODES_DIR})")
+    return path
 
-    Relative paths in the config are relative to the current working directory (the
-    repository root, as in the reference); ``check_paths=True`` requires every set dataset
-    path to exist.
+
+def load_config(path: str, overrides: list[str] | None = None, check_paths: bool = False,
+                mode: str | None = None) -> dict:
+    """Load a YAML config, apply a mode and overrides, validate, derive the model's keys.
+
+    ``mode`` (e.g. ``"reference"``) merges ``configs/modes/<mode>.yaml`` over the config file,
+    before the overrides. Relative paths in the config are relative to the current working
+    directory (the repository root, as in the reference); ``check_paths=True`` requires every set
+    dataset path to exist.
     """
+    cfg = copy.deepcopy(DEFAULTS)
+    for source_path in [path] + ([mode_path(mode)] if mode else []):
+        user = _read_yaml(source_path)
+        _merge(cfg, _validated(user, DEFAULTS, (), f"config file {source_path}"))
+        _check_derived(user, cfg, f"config file {source_path}")
+    if overrides:
+        parsed = parse_overrides(overrides)
+        _merge(cfg, _validated(parsed, DEFAULTS, (), "override"))
+        _check_derived(parsed, cfg, "override")
+    if check_paths:
+        _check_paths(cfg, path)
+    return _derive(cfg)
+
+
+def _read_yaml(path: str) -> dict:
+    """A config file's mapping of sections (empty file: empty mapping); ConfigError naming the file."""
     try:
         with open(path, "r", encoding="utf-8") as f:
             user = yaml.safe_load(f)
@@ -361,20 +390,10 @@ def load_config(path: str, overrides: list[str] | None = None, check_paths: bool
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if user is None:
-        user = {}
+        return {}
     if not isinstance(user, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(user).__name__}")
-
-    cfg = copy.deepcopy(DEFAULTS)
-    _merge(cfg, _validated(user, DEFAULTS, (), f"config file {path}"))
-    _check_derived(user, cfg, f"config file {path}")
-    if overrides:
-        parsed = parse_overrides(overrides)
-        _merge(cfg, _validated(parsed, DEFAULTS, (), "override"))
-        _check_derived(parsed, cfg, "override")
-    if check_paths:
-        _check_paths(cfg, path)
-    return _derive(cfg)
+    return user
 
 
 def save_config(cfg: dict, folder: str) -> None:

@@ -337,3 +337,16 @@ def test_every_default_key_is_commented():
             if not lines[j].strip().startswith("#"):
                 uncommented.append(stripped.split(":")[0])
     assert uncommented == []
+
+
+def test_reference_mode_sets_every_switch_away_from_the_defaults():
+    fast, reference = load_config(FINETUNE), load_config(FINETUNE, mode="reference")
+    with open(config_mod.mode_path("reference")) as f:
+        switches = yaml.safe_load(f)
+    for section, keys in switches.items():
+        for key, value in keys.items():
+            assert reference[section][key] == value and fast[section][key] != value, f"{section}.{key}"
+    assert reference["model"]["test_cfg"]["nms_backend"] == "cpp"  # the derived copy follows
+    assert load_config(FINETUNE, mode="reference", overrides=["trainer.amp=bf16"])["trainer"]["amp"] == "bf16"
+    with pytest.raises(ConfigError, match=r"unknown mode 'fastest'; known modes: \['reference'\]"):
+        load_config(FINETUNE, mode="fastest")

@@ -6,7 +6,9 @@ import copy
 
 import pytest
 import torch
+import yaml
 
+from libs.core.config import mode_path
 from libs.core.errors import ConfigError
 from libs.modeling import make_meta_arch
 from libs.modeling.attention import (
@@ -325,10 +327,11 @@ def _clip_queries(num_queries=4):
 
 
 def _reference_model(**extra):
-    return make_meta_arch(
-        "LocPointTransformer", **SMALL, video_pad_mode="reference", use_sdpa=False,
-        local_attn_impl="chunked", **extra,
-    )
+    """Reference mode's model switches (configs/modes/reference.yaml), but the text padded by at
+    least one column as in the fast model, so that no output depends on its batch."""
+    with open(mode_path("reference")) as f:
+        switches = yaml.safe_load(f)["model"]
+    return make_meta_arch("LocPointTransformer", **SMALL, **{**switches, "text_pad_mode": "at_least_one", **extra})
 
 
 def test_one_clip_batch_gives_each_query_its_reference_outputs():
