@@ -32,7 +32,7 @@ import math
 import os
 import uuid
 import zlib
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -154,10 +154,17 @@ def _sample_duration(rng: np.random.Generator) -> float:
 
 def _sample_windows(rng: np.random.Generator, duration: float, count: int) -> List[Tuple[float, float]]:
     """``count`` windows (s) of lognormal length; overlaps are avoided when 50 tries allow it."""
+    return place_windows(rng, duration, count,
+                         lambda: float(np.clip(rng.lognormal(WINDOW_LOG_MEDIAN, WINDOW_LOG_SIGMA), *WINDOW_RANGE)))
+
+
+def place_windows(rng: np.random.Generator, duration: float, count: int,
+                  draw_length: Callable[[], float]) -> List[Tuple[float, float]]:
+    """``count`` windows (s), each of ``draw_length()`` (at most 40% of the clip) at a uniform
+    start; overlaps are avoided when 50 tries allow it."""
     windows: List[Tuple[float, float]] = []
     for _ in range(count):
-        length = float(np.clip(rng.lognormal(WINDOW_LOG_MEDIAN, WINDOW_LOG_SIGMA), *WINDOW_RANGE))
-        length = min(length, 0.4 * duration)
+        length = min(draw_length(), 0.4 * duration)
         for _try in range(50):
             start = float(rng.uniform(0.0, duration - length))
             if all(start + length + 0.5 < s or start > e + 0.5 for s, e in windows):

@@ -53,6 +53,7 @@ from .demo import (
     _uid,
     clip_entry,
     demo_statistics,
+    place_windows,
 )
 from .feature_store import write_store
 from .text_encoders import TextEncoder
@@ -162,15 +163,7 @@ def _sample_object_query(rng: np.random.Generator, vocab: ObjectVocabulary, obj:
 def _sample_windows_in_range(rng: np.random.Generator, duration: float, count: int,
                              length_range: Tuple[float, float]) -> List[Tuple[float, float]]:
     """``count`` windows (s) of uniform length in ``length_range``, not overlapping when 50 tries allow it."""
-    windows: List[Tuple[float, float]] = []
-    for _ in range(count):
-        length = min(float(rng.uniform(*length_range)), 0.4 * duration)
-        for _try in range(50):
-            start = float(rng.uniform(0.0, duration - length))
-            if all(start + length + 0.5 < s or start > e + 0.5 for s, e in windows):
-                break
-        windows.append((round(start, 5), round(start + length, 5)))
-    return windows
+    return place_windows(rng, duration, count, lambda: float(rng.uniform(*length_range)))
 
 
 def _make_worded_clip(rng: np.random.Generator, vocab: ObjectVocabulary, video_offset: float, split: str,
