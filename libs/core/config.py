@@ -96,9 +96,9 @@ DEFAULTS: dict[str, Any] = {
     },
     # network architecture (make_meta_arch(model_name, **model))
     "model": {
-        # type of backbone (convTransformer | conv)
+        # registered backbone (convTransformer: the only one, as in the reference's configs)
         "backbone_type": "convTransformer",
-        # type of FPN (fpn | identity)
+        # registered neck (identity: per-level LayerNorm, the reference's GroundNLQ neck)
         "fpn_type": "identity",
         # [n_embd_convs, n_text_stem, n_video_stem, n_branch_cross, n_branch_plain]
         "backbone_arch": (2, 2, 2, 0, 6),

@@ -1,7 +1,7 @@
 """From head outputs to windows, on the outputs' device: candidate decoding, NMS, seconds.
 
 Spec section 7. ``decode_candidates`` turns per-level scores and offsets into pre-NMS candidates in
-grid units, vectorised over the batch (one host synchronisation per batch, to split the kept
+grid units, vectorised over the batch (a host synchronisation per batch, to split the kept
 candidates per query). ``postprocess`` runs NMS where the candidates are (CUDA: every query's soft
 NMS in one kernel launch; CPU: the C++ NMS query by query) and converts grid units to seconds with
 the reference's half-window offset. ``results_of_heads`` is both, from a model's ``HeadOutputs``.
@@ -91,7 +91,7 @@ def decode_candidates(
     labels = torch.cat(level_labels, dim=1)  # (B, K_all)
     keep = torch.cat(level_keep, dim=1)  # (B, K_all)
 
-    counts = keep.sum(dim=1).tolist()  # the one host synchronisation
+    counts = keep.sum(dim=1).tolist()  # a host synchronisation: the per-query split needs the counts
     per_query = zip(
         segments[keep].split(counts), scores[keep].split(counts), labels[keep].split(counts)
     )
