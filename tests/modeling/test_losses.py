@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from conftest import require_shared
-from libs.core.errors import ConfigError
-from libs.modeling.losses import LossNormalizer, compute_losses, ctr_diou_loss_1d, sigmoid_focal_loss
+from libs.core.config import DEFAULTS
+from libs.core.errors import ConfigError, DataError
+from libs.modeling.losses import Criterion, LossNormalizer, compute_losses, ctr_diou_loss_1d, sigmoid_focal_loss
 
 VARIANTS = ["tiny_model", "tiny_model_star"]
 LN2 = math.log(2.0)
@@ -192,3 +193,28 @@ def test_compute_losses_positive_point_regression_by_hand():
     assert losses["cls_loss"].item() == pytest.approx(LN2 / 16 + 0.1875 * LN2, abs=1e-7)
     expected_final = losses["cls_loss"].item() + 2.0 * 0.44
     assert losses["final_loss"].item() == pytest.approx(expected_final, abs=1e-6)
+
+
+def test_criterion_assigns_reduces_the_count_and_keeps_its_state():
+    """The criterion is assignment + losses + normaliser: the losses equal compute_losses', the
+    positive count goes through ``reduce_count`` first, and its state is the normaliser's."""
+    train_cfg = {**DEFAULTS["train_cfg"], "init_loss_norm": 100.0, "label_smoothing": 0.1, "loss_weight": 2.0,
+                 "center_sample": "none"}
+    criterion = Criterion(train_cfg, num_classes=1)
+    points = [torch.tensor([[float(t), 0.0, 100.0, 1.0] for t in range(6)])]
+    segments, labels = [torch.tensor([[1.0, 4.0]], dtype=torch.float64)], [torch.tensor([[1]])]
+    gt_cls, gt_offsets = criterion.assign(points, segments, labels, ["q0"])
+    assert gt_cls[0][:, 0].tolist() == [0, 0, 1, 1, 0, 0]  # strictly inside (1, 4), mode "none"
+    masks, logits, offsets = [torch.ones(1, 6, dtype=torch.bool)], [torch.zeros(1, 6, 1)], [torch.ones(1, 6, 2)]
+    seen = []
+    criterion.reduce_count = lambda count: seen.append(count) or count / 2
+    losses = criterion(masks, logits, offsets, gt_cls, gt_offsets)
+    want = compute_losses(masks, logits, offsets, gt_cls, gt_offsets, LossNormalizer(100.0), 0.1, 2.0,
+                          reduce_count=lambda count: count / 2)
+    assert seen == [2] and criterion.normalizer.value == 0.9 * 100.0 + 0.1 * 1.0  # max(2 / 2, 1)
+    assert all(torch.equal(losses[key], want[key]) for key in want)
+    restored = Criterion(train_cfg, num_classes=1)
+    restored.load_state_dict(criterion.state_dict())
+    assert restored.state_dict() == criterion.state_dict() == {"value": 90.1, "momentum": 0.9}
+    with pytest.raises(DataError, match=r"^query 'q7': one_hot_labels has 2 classes, model num_classes is 1$"):
+        criterion.assign(points, segments, [torch.tensor([[1, 0]])], ["q7"])

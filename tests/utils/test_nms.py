@@ -8,6 +8,8 @@ included: the hard NMS orders them with torch's unstable sort like the reference
 keep 38, 28, 29, 30, ...), soft NMS by the reference's working-array order. No case needs an
 xfail. The CUDA backend runs the same tests when a GPU and the kernel are present.
 """
+import inspect
+import itertools
 import math
 import os
 import random
@@ -394,3 +396,228 @@ def test_cuda_softnms_batched_equals_one_problem_at_a_time(method):
             result, offsets, problems,
             lambda p_segs, p_scores: nms_module._nms_cpu.softnms(p_segs, p_scores, 0.3, 0.5, 0.001, method, max_keep),
             method, max_keep)
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch: which backend runs, what it is handed, and the wrapper's own rules
+# --------------------------------------------------------------------------------------------
+class RecordingKernel:
+    """Stands in for ``_nms_cuda``: records each call's arguments and answers with the PyTorch
+    backend's results, so the CUDA dispatch can be checked on any machine."""
+
+    def __init__(self):
+        self.calls = []
+
+    def nms(self, segs, scores, iou_threshold, max_keep):
+        self.calls.append(("nms", segs, scores, iou_threshold, max_keep))
+        return nms_module._nms_torch(segs, scores, iou_threshold, None if max_keep < 0 else max_keep)
+
+    def softnms(self, segs, scores, iou_threshold, sigma, min_score, method, max_keep):
+        self.calls.append(("softnms", segs, scores, iou_threshold, sigma, min_score, method, max_keep))
+        return nms_module._softnms_torch(segs, scores, iou_threshold, sigma, min_score, method,
+                                         None if max_keep < 0 else max_keep)
+
+
+def test_backend_resolution(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object needs no GPU
+    monkeypatch.setattr(nms_module, "_nms_cpu", object())
+    monkeypatch.setattr(nms_module, "_nms_cuda", RecordingKernel())
+    resolve = nms_module._resolve_backend
+    assert [resolve("auto", cuda), resolve("auto", cpu), resolve("cpp", cuda), resolve("torch", cuda)] == [
+        "cuda", "cpp", "cpp", "torch"]
+    assert resolve("cuda", cuda) == "cuda"
+    with pytest.raises(ValueError, match=r"^NMS backend 'cuda' needs CUDA tensors, got tensors on cpu$"):
+        resolve("cuda", cpu)
+    monkeypatch.setattr(nms_module, "_nms_cuda", None)
+    assert resolve("auto", cuda) == "cpp"
+    with pytest.raises(RuntimeError, match=r"^NMS backend 'cuda' requested but libs.utils._nms_cuda is not built$"):
+        resolve("cuda", cuda)
+    monkeypatch.setattr(nms_module, "_nms_cpu", None)
+    with pytest.raises(RuntimeError, match=r"^NMS backend 'cpp' requested but libs.utils._nms_cpu is not built$"):
+        resolve("cpp", cpu)
+    monkeypatch.setattr(nms_module, "_warned_missing_extension", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve("auto", cuda) == resolve("auto", cpu) == "torch"
+    assert [str(w.message) for w in caught] == [
+        "the C++ NMS extension libs.utils._nms_cpu is not built; NMS falls back to the pure-PyTorch "
+        "implementation (same results, slower). Build it with `pip install -e . --no-build-isolation`."]
+    assert caught[0].category is RuntimeWarning and caught[0].filename == __file__  # the line that asked
+
+
+def test_available_backends_name_what_loaded(monkeypatch):
+    monkeypatch.setattr(nms_module, "_nms_cpu", object())
+    monkeypatch.setattr(nms_module, "_nms_cuda", RecordingKernel())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert available_backends() == ["torch", "cpp", "cuda"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a kernel built, no GPU
+    assert available_backends() == ["torch", "cpp"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(nms_module, "_nms_cuda", None)
+    monkeypatch.setattr(nms_module, "_nms_cpu", None)
+    assert available_backends() == ["torch"]
+
+
+def test_the_cuda_path_hands_every_argument_to_the_kernel(monkeypatch):
+    kernel = RecordingKernel()
+    monkeypatch.setattr(nms_module, "_nms_cuda", kernel)
+    monkeypatch.setattr(nms_module, "_resolve_backend", lambda backend, device: "cuda" if backend == "auto" else backend)
+    segs = torch.tensor([[0.0, 1.0], [0.2, 1.2], [3.0, 4.0]], dtype=torch.float64)
+    scores = torch.tensor([0.9, 0.8, 0.7], dtype=torch.float64)
+    keep = nms(segs, scores, 0.5)
+    assert torch.equal(keep, nms(segs, scores, 0.5, backend="torch"))
+    assert torch.equal(nms(segs, scores, 0.5, max_keep=1), keep[:1])
+    dets, inds = softnms(segs, scores, 0.5, 0.75, 0.001, method=1, max_keep=2)
+    want = softnms(segs, scores, 0.5, 0.75, 0.001, method=1, max_keep=2, backend="torch")
+    assert torch.equal(dets, want[0]) and torch.equal(inds, want[1])
+    (_, s0, c0, thr0, k0), (_, _, _, _, k1), soft = kernel.calls
+    assert s0.dtype == c0.dtype == torch.float32 and s0.is_contiguous() and (thr0, k0, k1) == (0.5, -1, 1)
+    assert soft[0] == "softnms" and soft[3:] == (0.5, 0.75, 0.001, 1, 2) and soft[1].dtype == torch.float32
+
+
+@pytest.mark.parametrize("use_soft_nms", [True, False])
+def test_early_stop_asks_each_nms_for_max_seg_num_selections_only(monkeypatch, use_soft_nms):
+    asked = []
+    real_nms, real_softnms = nms_module.nms, nms_module.softnms
+    monkeypatch.setattr(nms_module, "nms", lambda *a, **k: asked.append(k["max_keep"]) or real_nms(*a, **k))
+    monkeypatch.setattr(nms_module, "softnms", lambda *a, **k: asked.append(k["max_keep"]) or real_softnms(*a, **k))
+    segs, scores, labels, _ = random_problem(random.Random(4))
+    labels = torch.arange(len(scores)) % 2  # two classes: two calls
+    for early_stop, max_seg_num, want in ((True, 3, 3), (False, 3, None), (True, 0, None)):
+        asked.clear()
+        batched_nms(segs, scores, labels, 0.3, 0.001, max_seg_num, use_soft_nms=use_soft_nms, early_stop=early_stop,
+                    backend="torch")
+        assert asked == [want] * len(labels.unique()), (early_stop, max_seg_num)
+    assert batched_nms(segs, scores, labels, 0.3, 0.001, 3, use_soft_nms=use_soft_nms, backend="torch")[0].shape[0] <= 3
+
+
+def test_batched_nms_defaults_are_the_references():
+    params = inspect.signature(batched_nms).parameters
+    assert {name: params[name].default for name in ("use_soft_nms", "multiclass", "sigma", "voting_thresh")} == {
+        "use_soft_nms": True, "multiclass": True, "sigma": 0.5, "voting_thresh": 0.75}
+    assert params["early_stop"].default is True and params["backend"].default == "auto"
+    assert inspect.signature(softnms).parameters["backend"].default == "auto"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_and_float16_inputs_give_the_float32_results(backend):
+    device = _device(backend)
+    segs, scores, labels, _ = random_problem(random.Random(11))
+    segs, scores, labels = segs.to(device), scores.to(device), labels.to(device)
+    for dtype in (torch.float64, torch.float16):
+        low = (segs.to(dtype), scores.to(dtype))
+        rounded = (low[0].float(), low[1].float())  # what the half inputs hold, in float32
+        assert torch.equal(nms(*low, 0.3, backend=backend), nms(*rounded, 0.3, backend=backend))
+        got, want = softnms(*low, 0.3, 0.75, 0.001, backend=backend), softnms(*rounded, 0.3, 0.75, 0.001, backend=backend)
+        assert got[0].dtype == torch.float32 and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        voted = batched_nms(*low, labels, 0.3, 0.001, 5, multiclass=False, voting_thresh=0.5, backend=backend)
+        assert voted[0].dtype == torch.float32
+        assert torch.allclose(voted[0], batched_nms(*rounded, labels, 0.3, 0.001, 5, multiclass=False,
+                                                    voting_thresh=0.5, backend=backend)[0], atol=1e-5)
+
+
+def test_integer_windows_are_rejected():
+    with pytest.raises(DataError, match=r"^NMS segs and scores must be floating point, got torch.int64 / torch.float32$"):
+        nms(torch.zeros(3, 2, dtype=torch.long), torch.zeros(3), 0.1)
+    with pytest.raises(DataError, match=r"^NMS segs and scores must be floating point, got torch.float32 / torch.int64$"):
+        softnms(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), 0.1, 0.75, 0.001)
+
+
+def test_hard_wrapper_filters_scores_only_above_a_positive_min_score():
+    """The reference's wrapper drops ``score <= min_score`` only when ``min_score > 0``."""
+    segs = torch.tensor([[0.0, 1.0], [5.0, 6.0], [10.0, 11.0]])
+    scores = torch.tensor([0.5, 0.0, 0.001])
+    labels = torch.zeros(3, dtype=torch.long)
+    kept = batched_nms(segs, scores, labels, 0.1, 0.0, 5, use_soft_nms=False, backend="torch")
+    assert kept[1].tolist() == pytest.approx([0.5, 0.001, 0.0])
+    kept = batched_nms(segs, scores, labels, 0.1, 0.001, 5, use_soft_nms=False, backend="torch")
+    assert kept[1].tolist() == [0.5]  # 0.001 is not above 0.001
+
+
+def test_no_voting_at_a_zero_voting_threshold():
+    segs = torch.tensor([[0.0, 10.0], [0.0, 9.0], [40.0, 50.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    labels = torch.zeros(3, dtype=torch.long)
+    plain = batched_nms(segs, scores, labels, 0.5, 0.001, 5, use_soft_nms=False, multiclass=False, voting_thresh=0.0,
+                        backend="torch")
+    assert plain[0].tolist() == [[0.0, 10.0], [40.0, 50.0]]  # rows of the input, not averages
+
+
+@pytest.mark.parametrize("max_keep", [0, -3])
+def test_max_keep_below_one_means_no_limit(max_keep):
+    segs = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    scores = torch.tensor([0.3, 0.9, 0.6])
+    for backend in available_backends():
+        if backend == "cuda":
+            continue
+        assert nms(segs, scores, 0.5, max_keep=max_keep, backend=backend).tolist() == [1, 2, 0]
+        assert softnms(segs, scores, 0.5, 0.75, 0.001, max_keep=max_keep, backend=backend)[1].tolist() == [1, 2, 0]
+
+
+def test_empty_inputs_stay_on_their_device():
+    """The empties come back on the inputs' device (here the meta device: no data needed)."""
+    segs, scores = torch.zeros(0, 2, device="meta"), torch.zeros(0, device="meta")
+    labels = torch.zeros(0, dtype=torch.int32, device="meta")
+    keep = nms(segs, scores, 0.1)
+    dets, inds = softnms(segs, scores, 0.1, 0.75, 0.001)
+    out = batched_nms(segs, scores, labels, 0.1, 0.001, 5)
+    assert keep.device.type == inds.device.type == dets.device.type == "meta"
+    assert keep.dtype == inds.dtype == torch.long and dets.shape == (0, 3)
+    assert [t.device.type for t in out] == ["meta"] * 3 and out[2].dtype == torch.int32
+    assert out[0].shape == (0, 2) and out[1].dtype == torch.float32
+
+
+class BatchedKernel(RecordingKernel):
+    """Also stands in for ``softnms_batched``: each problem's rows at its offset, as the kernel lays them out."""
+
+    def softnms_batched(self, segs, scores, offsets, iou_threshold, sigma, min_score, method, max_keep):
+        self.calls.append(("softnms_batched", offsets.tolist(), iou_threshold, sigma, min_score, method, max_keep))
+        dets, inds = torch.full((len(scores), 3), float("nan")), torch.full((len(scores),), -1)
+        counts = []
+        for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+            d, i = nms_module._softnms_torch(segs[start:end], scores[start:end], iou_threshold, sigma, min_score,
+                                             method, None if max_keep < 0 else max_keep)
+            dets[start:start + len(i)], inds[start:start + len(i)] = d, i
+            counts.append(len(i))
+        return dets, inds, torch.tensor(counts)
+
+
+@pytest.mark.parametrize("early_stop,max_seg_num", [(True, 5), (False, 5), (True, 50)])
+def test_all_queries_in_one_launch_equal_query_by_query(monkeypatch, early_stop, max_seg_num):
+    rng = random.Random(9)
+    problems = [random_problem(rng)[:3] for _ in range(7)]
+    problems[2] = (torch.zeros(0, 2), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    problems = [(segs, scores, torch.full_like(labels, 3)) for segs, scores, labels in problems]  # one class
+    args = (0.3, 0.001, max_seg_num)
+    want = [batched_nms(*p, *args, sigma=0.75, early_stop=early_stop, backend="torch") for p in problems]
+    kernel = BatchedKernel()
+    monkeypatch.setattr(nms_module, "_nms_cuda", kernel)
+    monkeypatch.setattr(nms_module, "_resolve_backend", lambda backend, device: "cuda")
+    got = nms_module.batched_nms_of_queries(problems, *args, sigma=0.75, early_stop=early_stop)
+    offsets = [0] + list(itertools.accumulate(len(p[1]) for p in problems))
+    assert kernel.calls == [("softnms_batched", offsets, 0.3, 0.75, 0.001, 2, max_seg_num if early_stop else -1)]
+    for a, b in zip(got, want):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        assert a[2].tolist() == [3] * len(a[2])
+
+
+def test_one_launch_only_where_each_query_is_one_soft_nms_problem(monkeypatch):
+    kernel = BatchedKernel()
+    monkeypatch.setattr(nms_module, "_nms_cuda", kernel)
+    monkeypatch.setattr(nms_module, "_resolve_backend", lambda backend, device: "cuda")
+    segs, scores, labels, _ = random_problem(random.Random(5))
+    two_classes = [(segs, scores, torch.arange(len(scores)) % 2)]
+    one_class = [(segs, scores, torch.zeros_like(labels))]
+    cases = [  # (problems, keyword arguments, one launch?)
+        (one_class, {}, True),
+        (one_class, {"use_soft_nms": False}, False),
+        (two_classes, {}, False),
+        (two_classes, {"multiclass": False, "voting_thresh": 0.0}, True),
+        (two_classes, {"multiclass": False, "voting_thresh": 0.9}, False),
+        ([], {}, False),
+    ]
+    for problems, kwargs, batched in cases:
+        kernel.calls.clear()
+        results = nms_module.batched_nms_of_queries(problems, 0.3, 0.001, 5, **kwargs)
+        assert len(results) == len(problems)
+        assert [c[0] for c in kernel.calls if c[0] == "softnms_batched"] == (["softnms_batched"] if batched else []), kwargs
