@@ -11,7 +11,11 @@ and the checkpoint's name (a checkpoint folder holds every epoch, so nothing is 
 the val split, ``<tag>_metrics.json``. The test split has no GT: its config points
 ``dataset.val_jsonl_file`` at the test jsonl (as the reference's inference config does) and only
 the files are written. The raw weights are evaluated, as the reference does; ``--ema`` picks the
-EMA weights.
+EMA weights. Under ``torchrun --nproc_per_node=N`` (``tools/inference_ego4d_nlq.sh``) each process
+evaluates a contiguous block of the split; rank 0 gathers the results (in one process's order),
+prints the table and writes the files once.
+
+    python eval.py CONFIG CHECKPOINT [--mode reference]   # reference mode: configs/modes/reference.yaml
 """
 from __future__ import annotations
 
@@ -86,14 +90,13 @@ def _checkpoint_tag(checkpoint: str, split: str) -> str:
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
-    """Model mode: dataset + loader, model + checkpoint, inference, files, metrics."""
+    """Model mode: dataset + loader, model + checkpoint, inference (split over the processes under
+    torchrun), files, metrics."""
     import torch
 
     from libs.core.config import load_config
-    from libs.evaluation.build import build_evaluation, evaluation_records
-    from libs.evaluation.evaluator import RecallEvaluator, inference_on_dataset
-    from libs.engine.checkpoint import load_checkpoint
-    from libs.modeling.models import make_meta_arch
+    from libs.evaluation.build import evaluation_records
+    from libs.utils import comm
 
     if not os.path.isfile(args.checkpoint):
         raise ConfigError(f"checkpoint not found: {args.checkpoint}")
@@ -112,23 +115,40 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
     if evaluation_records(cfg) is None:
         raise ConfigError(f"{args.config}: dataset.val_jsonl_file {cfg['dataset'].get('val_jsonl_file')!r} "
                           "(the split to evaluate) not found")
-    split = build_evaluation(cfg, with_ground_truth=args.split == "val")
-    records_file = split.records_file
+    # under torchrun each process evaluates a contiguous block of the split; rank 0 writes and scores
+    device = comm.init_distributed()
+    if args.device and comm.get_world_size() == 1:
+        device = torch.device(args.device)
+    try:
+        return _evaluate_on(args, cfg, device)
+    finally:
+        comm.destroy_distributed()
+
+
+def _evaluate_on(args: argparse.Namespace, cfg: dict, device) -> dict | None:
+    from libs.engine.checkpoint import load_checkpoint
+    from libs.evaluation.build import build_evaluation
+    from libs.evaluation.evaluator import RecallEvaluator, gather_results, inference_on_dataset
+    from libs.modeling.models import make_meta_arch
+    from libs.utils import comm
+
+    split = build_evaluation(cfg, with_ground_truth=args.split == "val", num_replicas=comm.get_world_size(),
+                             rank=comm.get_rank())
     model = make_meta_arch(cfg["model_name"], **cfg["model"])
     load_checkpoint(model, args.checkpoint, use_ema=args.ema, strict=True, trust=args.trust_checkpoint)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
-
-    evaluator = RecallEvaluator(split.ground_truth) if split.ground_truth is not None else None
-    results = inference_on_dataset(model, split.loader, device, cfg["test_cfg"], progress=not args.no_progress,
-                                   evaluator=evaluator)
+    results = inference_on_dataset(model, split.loader, device, cfg["test_cfg"],
+                                   progress=not args.no_progress and comm.is_main_process())
+    results = gather_results(results)  # one process's list, on every process
+    if not comm.is_main_process():
+        return None
 
     out_dir = args.out or os.path.dirname(os.path.abspath(args.checkpoint))
     tag = _checkpoint_tag(args.checkpoint, args.split)
     pred_path = os.path.join(out_dir, f"{tag}_predictions.json")
     sub_path = os.path.join(out_dir, f"{tag}_submission.json")
     submission = make_submission(results, SUBMISSION_TOP_K)
-    validate_submission(submission, records_file)  # before writing anything: no partial outputs
+    validate_submission(submission, split.records_file)  # before writing anything: no partial outputs
     save_predictions(results, pred_path)
     save_json(submission, sub_path)
     print(f"wrote {pred_path}\nwrote {sub_path}")
@@ -136,7 +156,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
         return None
 
     gt = split.ground_truth
-    metrics = evaluator.evaluate()
+    evaluator = RecallEvaluator(gt)
+    metrics = evaluator.evaluate(results)
     report(metrics, gt.num_gt_queries, title=f"{tag} ({'EMA' if args.ema else 'raw'} weights)")
     metrics_path = args.json_out or os.path.join(out_dir, f"{tag}_metrics.json")
     save_json({"checkpoint": os.path.abspath(args.checkpoint), "split": args.split, "ema": args.ema,

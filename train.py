@@ -84,7 +84,7 @@ def run_folder(cfg: Dict[str, Any], config_path: str, output: str) -> str:
 def make_eval_function(cfg: Dict[str, Any], model_to_evaluate: Callable[[], Any], device: Any) -> Optional[Callable[[], Dict[str, float]]]:
     """Inference on the val split (sharded over ranks), official recall on rank 0, metrics on all."""
     from libs.evaluation.build import build_evaluation, evaluation_records
-    from libs.evaluation.evaluator import RecallEvaluator, inference_on_dataset
+    from libs.evaluation.evaluator import RecallEvaluator, gather_results, inference_on_dataset
     from libs.utils import comm
 
     if evaluation_records(cfg) is None:
@@ -97,9 +97,8 @@ def make_eval_function(cfg: Dict[str, Any], model_to_evaluate: Callable[[], Any]
     def evaluate() -> Dict[str, float]:
         results = inference_on_dataset(model_to_evaluate(), split.loader, device, cfg["test_cfg"],
                                        progress=comm.is_main_process() and sys.stderr.isatty())
-        # shards may repeat queries (padding to equal sizes): keep one result per query
-        merged = {r["query_id"]: r for part in comm.all_gather_object(results) for r in part}
-        metrics = evaluator.evaluate(list(merged.values())) if comm.is_main_process() else None
+        merged = gather_results(results)  # every rank's shard, each query once
+        metrics = evaluator.evaluate(merged) if comm.is_main_process() else None
         return comm.broadcast_object(metrics)
 
     return evaluate

@@ -3,10 +3,12 @@ finetuning through the torchrun launchers, narration-style pretraining (jittered
 evaluation on val (recall printed, files written) and test (submission only), scoring a saved
 file, and ensembling two models' predictions."""
 import json
+import subprocess
 
 import pytest
 
-from tests.tiny_run import make_tiny_run, run_tool
+from tests.conftest import ROOT
+from tests.tiny_run import make_tiny_run, run_env, run_tool
 
 METRIC_KEYS = ("R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "R10@0.3", "R10@0.5", "mIoU", "num_queries")
 
@@ -55,6 +57,26 @@ def test_eval_val_prints_recall_and_writes_predictions_submission_metrics(tiny, 
     again = json.loads(rescored.read_text())
     for key in METRIC_KEYS:
         assert again[key] == pytest.approx(metrics[key]), key
+
+
+@pytest.mark.parametrize("video_centric", [True, False])
+def test_eval_under_torchrun_splits_the_work_and_writes_once(tiny, scratch_run, tmp_path, video_centric):
+    """Two processes (gloo) through the inference launcher: each evaluates a block of the split,
+    rank 0 prints the table once and writes the files, and the predictions are one process's."""
+    config, _ = tiny
+    checkpoint = scratch_run / "model_best.pth.tar"
+    opts = ["--opt", "loader.eval_batch_size=2", f"loader.video_centric={str(video_centric).lower()}"]
+    run_tool("eval.py", config, checkpoint, "--out", tmp_path / "one", "--no-progress", *opts)
+    two = subprocess.run(["bash", "tools/inference_ego4d_nlq.sh", config, checkpoint, "", "--out",
+                          tmp_path / "two", "--no-progress", *opts], cwd=ROOT, env={**run_env(), "NPROC": "2"},
+                         capture_output=True, text=True)
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert "--nproc_per_node=2" in two.stderr
+    assert two.stdout.count("mIoU") == 1 and two.stdout.count("wrote ") == 3
+    for name in ("val_model_best_predictions.json", "val_model_best_submission.json", "val_model_best_metrics.json"):
+        one = json.loads((tmp_path / "one" / name).read_text())
+        other = json.loads((tmp_path / "two" / name).read_text())
+        assert one == other, name
 
 
 def test_eval_test_split_writes_a_valid_submission_without_scoring(tiny, scratch_run, tmp_path):

@@ -8,8 +8,9 @@ Per epoch: group indices by clip; shuffle clip order and the queries inside each
 ``seed + epoch``, so every replica computes the same batches); split a clip with more than
 ``batch_size`` queries into near-equal chunks; pack chunks in order into batches of at most
 ``batch_size`` queries (small clips share a batch); then give replica ``r`` batches
-``r, r + R, r + 2R, ...`` after padding (repeating the first batches) or, with ``drop_last``,
-truncating the list so that every replica gets the same number of batches.
+``r, r + R, r + 2R, ...`` (training) or the ``r``-th contiguous block (evaluation) after padding
+(repeating the first batches) or, with ``drop_last``, truncating the list so that every replica
+gets the same number of batches.
 """
 from __future__ import annotations
 
@@ -55,6 +56,13 @@ def pack_chunks(chunks: List[List[int]], batch_size: int) -> List[List[int]]:
     if current:
         batches.append(current)
     return batches
+
+
+def _padded(items: list, needed: int) -> list:
+    """``items`` cut or repeated from the start to ``needed`` entries (``DistributedSampler``'s padding)."""
+    if needed > len(items) and items:
+        return (items * math.ceil(needed / len(items)))[:needed]
+    return items[:needed]
 
 
 class VideoCentricBatchSampler(Sampler[List[int]]):
@@ -114,16 +122,15 @@ class VideoCentricBatchSampler(Sampler[List[int]]):
         return math.ceil(total / self.num_replicas)
 
     def rank_batches(self) -> List[List[int]]:
-        """This replica's batches of the current epoch (equal count on every replica)."""
+        """This replica's batches of the current epoch (equal count on every replica): every R-th
+        when shuffled (training), a contiguous block otherwise (evaluation: the replicas' results
+        concatenated in rank order are one process's, see ``evaluator.gather_results``)."""
         batches = self.all_batches()
         per_rank = self._num_batches(len(batches))
-        needed = per_rank * self.num_replicas
-        if needed > len(batches) and batches:
-            repeats = math.ceil(needed / len(batches))
-            batches = (batches * repeats)[:needed]
-        else:
-            batches = batches[:needed]
-        return batches[self.rank::self.num_replicas]
+        batches = _padded(batches, per_rank * self.num_replicas)
+        if self.shuffle:
+            return batches[self.rank::self.num_replicas]
+        return batches[self.rank * per_rank:(self.rank + 1) * per_rank]
 
     def __iter__(self) -> Iterator[List[int]]:
         batches = self.rank_batches()
@@ -136,10 +143,12 @@ class VideoCentricBatchSampler(Sampler[List[int]]):
 
 
 class ReferenceBatchSampler(Sampler[List[int]]):
-    """The reference's batches: ``DistributedSampler``'s shard of the dataset (shuffled by ``seed +
-    epoch`` when ``shuffle``, else in file order; padded by repeating items so that every replica
-    gets as many) cut into lists of ``batch_size`` (with ``drop_last``, the last incomplete one is
-    dropped). ``set_epoch(e, start_batch=k)`` as ``VideoCentricBatchSampler``'s."""
+    """The reference's batches: one query per slot, cut into lists of ``batch_size`` (with
+    ``drop_last``, the last incomplete one is dropped). Shuffled (training): ``DistributedSampler``'s
+    shard, by ``seed + epoch``, as the reference. In file order (evaluation): one process's batches,
+    a contiguous block of them per replica, so the replicas' results concatenated in rank order are
+    one process's, batch for batch. Either way the shards are padded by repetition to equal sizes.
+    ``set_epoch(e, start_batch=k)`` as ``VideoCentricBatchSampler``'s."""
 
     def __init__(self, num_items: int, batch_size: int, shuffle: bool = True, seed: int = 0,
                  drop_last: bool = False, num_replicas: int = 1, rank: int = 0) -> None:
@@ -147,13 +156,20 @@ class ReferenceBatchSampler(Sampler[List[int]]):
             raise ConfigError(f"loader.batch_size must be a positive integer, got {batch_size!r}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ConfigError(f"sampler rank {rank} is not in [0, num_replicas={num_replicas})")
-        self.sampler = DistributedSampler(range(num_items), num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                                          seed=seed)
-        self.batches = BatchSampler(self.sampler, batch_size, drop_last)
+        self.sampler: Optional[DistributedSampler] = None
+        if shuffle:
+            self.sampler = DistributedSampler(range(num_items), num_replicas=num_replicas, rank=rank, shuffle=True,
+                                              seed=seed)
+            self.batches: Sequence[List[int]] = BatchSampler(self.sampler, batch_size, drop_last)
+        else:  # one process's batches, a contiguous block of them per replica
+            batches = list(BatchSampler(range(num_items), batch_size, drop_last))
+            per_rank = math.ceil(len(batches) / num_replicas)
+            self.batches = _padded(batches, per_rank * num_replicas)[rank * per_rank:(rank + 1) * per_rank]
         self.start_batch = 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.sampler.set_epoch(epoch)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
         self.start_batch = start_batch
 
     def __iter__(self) -> Iterator[List[int]]:

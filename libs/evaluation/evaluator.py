@@ -20,6 +20,7 @@ from libs.evaluation.metrics import (
     load_ground_truth,
 )
 from libs.evaluation.postprocess import results_of_heads
+from libs.utils import comm
 
 
 def _result_to_cpu(result: dict) -> dict:
@@ -62,6 +63,23 @@ def inference_on_dataset(
     finally:
         model.train(was_training)
     return results
+
+
+def gather_results(results: Sequence[dict]) -> list[dict]:
+    """Every process's results, on every process, in the order one process would give them.
+
+    The evaluation loaders give each process a contiguous block of the split (the last block
+    padded by repeating the first queries), so the blocks concatenated in rank order, without the
+    queries seen before, are exactly one process's list. One process: ``results`` unchanged.
+    """
+    merged, seen = [], set()
+    for part in comm.all_gather_object(list(results)):
+        for result in part:
+            key = (result["video_id"], result["query_id"])
+            if key not in seen:
+                seen.add(key)
+                merged.append(result)
+    return merged
 
 
 class RecallEvaluator:

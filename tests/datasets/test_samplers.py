@@ -104,9 +104,16 @@ def test_resume_skips_done_batches_once(video_centric):
     assert list(other) != whole
 
 
-def test_reference_batches_shard_like_distributed_sampler():
-    shards = [ReferenceBatchSampler(10, batch_size=2, shuffle=False, num_replicas=3, rank=r) for r in range(3)]
-    assert [list(s) for s in shards] == [[[0, 3], [6, 9]], [[1, 4], [7, 0]], [[2, 5], [8, 1]]]  # padded by repeating
+def test_reference_batches_shard_contiguously_in_evaluation_and_like_distributed_sampler_in_training():
+    shards = [ReferenceBatchSampler(9, batch_size=2, shuffle=False, num_replicas=3, rank=r) for r in range(3)]
+    # one process's batches [0, 1] [2, 3] [4, 5] [6, 7] [8], in blocks, padded by repeating the first
+    assert [list(s) for s in shards] == [[[0, 1], [2, 3]], [[4, 5], [6, 7]], [[8], [0, 1]]]
+    for rank in range(3):
+        sampler = ReferenceBatchSampler(10, batch_size=2, shuffle=True, seed=5, drop_last=True, num_replicas=3, rank=rank)
+        sampler.set_epoch(4)
+        torch_order = torch.utils.data.DistributedSampler(range(10), num_replicas=3, rank=rank, shuffle=True, seed=5)
+        torch_order.set_epoch(4)
+        assert [i for batch in sampler for i in batch] == list(torch_order)[:4]
     with pytest.raises(ConfigError, match="rank 3"):
         ReferenceBatchSampler(10, batch_size=2, num_replicas=3, rank=3)
 
