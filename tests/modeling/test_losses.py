@@ -218,3 +218,24 @@ def test_criterion_assigns_reduces_the_count_and_keeps_its_state():
     assert restored.state_dict() == criterion.state_dict() == {"value": 90.1, "momentum": 0.9}
     with pytest.raises(DataError, match=r"^query 'q7': one_hot_labels has 2 classes, model num_classes is 1$"):
         criterion.assign(points, segments, [torch.tensor([[1, 0]])], ["q7"])
+
+
+def test_criterion_uses_its_config_over_several_levels():
+    train_cfg = {**DEFAULTS["train_cfg"], "center_sample": "radius", "center_sample_radius": 1.0}
+    points = [torch.tensor([[float(t), 0.0, 100.0, 1.0] for t in range(8)]),
+              torch.tensor([[float(t), 100.0, 200.0, 2.0] for t in range(0, 8, 2)])]  # two levels
+    segments, labels = [torch.tensor([[1.0, 6.0]], dtype=torch.float64)], [torch.tensor([[1]])]
+    narrow, _ = Criterion(train_cfg, 1).assign(points, segments, labels, ["q"])
+    wide, _ = Criterion({**train_cfg, "center_sample_radius": 2.5}, 1).assign(points, segments, labels, ["q"])
+    assert narrow[0].shape == (12, 1)
+    assert narrow[0][:, 0].nonzero().flatten().tolist() == [3, 4]  # centre 3.5 +- 1, strict
+    assert wide[0][:, 0].nonzero().flatten().tolist() == [2, 3, 4, 5]
+    criterion = Criterion(train_cfg, 1, momentum=0.5)
+    assert criterion.normalizer.momentum == 0.5
+    masks, logits, offsets = [torch.ones(1, 8, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)], \
+        [torch.zeros(1, 8, 1), torch.zeros(1, 4, 1)], [torch.ones(1, 8, 2), torch.ones(1, 4, 2)]
+    gt_cls, gt_offsets = criterion.assign(points, segments, labels, ["q"])
+    criterion(masks, logits, offsets, gt_cls, gt_offsets)  # the default reduce_count: the count itself
+    assert criterion.normalizer.value == 0.5 * DEFAULTS["train_cfg"]["init_loss_norm"] + 0.5 * 2
+    with pytest.raises(DataError, match="one_hot_labels has 2 classes"):
+        criterion.assign(points, segments, [torch.tensor([1, 1])], ["q"])  # (N,) instead of (N, C)
