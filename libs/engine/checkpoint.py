@@ -257,8 +257,19 @@ class Checkpointer:
         paths = glob.glob(os.path.join(glob.escape(self.folder), "snapshot_*.pth"))
         return sorted(paths, key=lambda p: (os.path.getmtime(p), p.endswith(SNAPSHOT_LAST)), reverse=True)
 
+    def remove_stale_temporaries(self) -> List[str]:
+        """Delete the hidden temporary files of writes that a killed process left half done
+        (``.<name>.<random>.tmp``, see ``libs.utils.io.atomic_open``); returns their paths."""
+        stale = sorted(glob.glob(os.path.join(glob.escape(self.folder), ".*.pth*.tmp")))
+        for path in stale:
+            os.remove(path)
+            logger.info(f"removed {path}, left by an interrupted write")
+        return stale
+
     def find_resumable(self) -> Optional[Tuple[str, Dict[str, Any]]]:
-        """The newest readable snapshot ``(path, state)``; unreadable ones are skipped with a warning."""
+        """The newest readable snapshot ``(path, state)``; unreadable ones are skipped with a warning.
+        Temporary files of interrupted writes are removed first."""
+        self.remove_stale_temporaries()
         for path in self.snapshot_candidates():
             try:
                 state = load_file(path)

@@ -157,7 +157,8 @@ class EvalHook(HookBase):
     def after_train(self) -> None:
         if self.best is not None and comm.is_main_process():
             shown = "  ".join(f"{k} {v:.2f}" for k, v in self.best["metrics"].items() if isinstance(v, float))
-            logger.info(f"Final evaluation summary: best epoch {self.best['epoch']} by {'/'.join(self.best_keys)}: {shown}")
+            title = "Final evaluation summary" if self.trainer.stopped_by is None else "Evaluation summary so far"
+            logger.info(f"{title}: best epoch {self.best['epoch']} by {'/'.join(self.best_keys)}: {shown}")
 
     def state_dict(self) -> Dict[str, Any]:
         return {"best": self.best} if self.best is not None else {}

@@ -135,6 +135,7 @@ class TrainerBase:
         self.iters_per_epoch = 0
         self.storage: Optional[EventStorage] = None
         self.stop_message: Optional[str] = None  # set by run_step to stop after the current step
+        self.stopped_by: Optional[BaseException] = None  # what ended training early, if anything did
 
     def register_hooks(self, hooks: Sequence[Optional[HookBase]]) -> None:
         for hook in hooks:
@@ -152,6 +153,7 @@ class TrainerBase:
         logger.info(f"Starting training from epoch {start_epoch} (step {self.iter}) to epoch {max_epochs - 1}")
         with EventStorage(self.iter) as self.storage:
             self._call("before_train")
+            stopped_by: Optional[BaseException] = None
             try:
                 for self.epoch in range(start_epoch, max_epochs):
                     self.begin_epoch()
@@ -167,8 +169,14 @@ class TrainerBase:
                             raise NonFiniteLossError(self.stop_message)
                     self._call("after_epoch")
                     self.inner_iter = 0
+            except BaseException as exc:
+                stopped_by = self.stopped_by = exc
+                raise
             finally:
                 self._call("after_train")
+                if stopped_by is not None:  # the log's last line says the run did not finish, and why
+                    reason = f"{type(stopped_by).__name__}: {stopped_by}".strip().rstrip(":")
+                    logger.error(f"training stopped at epoch {self.epoch} step {self.iter}: {reason.splitlines()[0]}")
 
     def begin_epoch(self) -> None:
         """Prepare the epoch's data (``iters_per_epoch`` and the batch iterator)."""

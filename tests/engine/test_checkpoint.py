@@ -171,3 +171,14 @@ def test_load_file_errors_name_the_file(tmp_path):
     torch_save([1, 2], str(tmp_path / "list.pth"))
     with pytest.raises(CheckpointError, match="expected a dict"):
         load_file(str(tmp_path / "list.pth"))
+
+
+def test_resuming_removes_the_temporaries_of_killed_writes(tmp_path):
+    checkpointer = Checkpointer(str(tmp_path))
+    checkpointer.save_snapshot({"progress": {}, "model": {}})
+    (tmp_path / ".snapshot_last.pth.k2x9q1.tmp").write_bytes(b"")  # a write killed midway
+    (tmp_path / ".epoch_003.pth.tar.a8b7.tmp").write_bytes(b"half")
+    (tmp_path / ".notes.txt.tmp").write_text("not ours: kept")
+    path, _ = checkpointer.find_resumable()
+    assert path.endswith("snapshot_last.pth")
+    assert sorted(os.listdir(tmp_path)) == [".notes.txt.tmp", "snapshot_last.pth"]

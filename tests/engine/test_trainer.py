@@ -211,6 +211,28 @@ def test_epoch_checkpoints_best_model_and_eval_results(tmp_path):
     assert trainer.storage.history("val/R1@0.5").latest() == 3.0
 
 
+def test_a_run_that_stops_says_so_in_its_last_log_line(tmp_path, caplog):
+    """A failure mid-run (here a collective that lost its peer) must not leave a log that reads
+    like a finished run: the summary says "so far" and the last line says where and why it stopped."""
+    scripted = iter([{"R1@0.5": 1.0, "R5@0.5": 9.0}])
+
+    class PeerLost(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 5:
+                raise RuntimeError("[gloo] Connection closed by peer\n(more lines)")
+
+    trainer = build_trainer(ToyModel(), toy_loader(toy_items(8), 2))
+    standard_hooks(trainer)
+    trainer.register_hooks([H.EvalHook(1, lambda: next(scripted), None, str(tmp_path / "eval.jsonl")), PeerLost()])
+    with caplog.at_level(logging.INFO, logger="groundnlq"), pytest.raises(RuntimeError, match="peer"):
+        trainer.train(0, 3)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[-1] == "training stopped at epoch 1 step 5: RuntimeError: [gloo] Connection closed by peer"
+    assert caplog.records[-1].levelno == logging.ERROR
+    assert any(m.startswith("Evaluation summary so far: best epoch 0") for m in messages)
+    assert not any(m.startswith("Final evaluation summary") for m in messages)
+
+
 def test_in_process_resume_mid_epoch_is_bit_identical(tmp_path):
     """A run stopped after a mid-epoch snapshot and resumed in a fresh trainer equals an
     uninterrupted one (dropout draws from the restored RNG; shuffling from the epoch seed)."""
