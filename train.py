@@ -111,7 +111,7 @@ def train(args: argparse.Namespace) -> None:
     from libs.datasets.datasets import make_train_loader
     from libs.engine import hooks as H
     from libs.engine.checkpoint import Checkpointer, is_snapshot, load_file
-    from libs.engine.trainer import SimpleTrainer, fix_random_seed, steps_in_epoch
+    from libs.engine.trainer import SimpleTrainer, fix_random_seed, seed_per_rank, steps_in_epoch
     from libs.engine.checkpoint import load_checkpoint
     from libs.modeling.models import make_meta_arch
     from libs.utils import comm
@@ -160,6 +160,7 @@ def train(args: argparse.Namespace) -> None:
         logger.info(f"finetuning from {args.pretrained}: {len(info['dropped'])} head entries re-initialised")
     model.to(device)
     ema = ModelEMA(model, tcfg["ema_decay"])  # after loading, so a finetune's EMA starts from the loaded model
+    seed_per_rank(cfg["init_rand_seed"], rank, generator)  # weights built: each rank its own crops and drop paths
 
     accum = tcfg["grad_accum_steps"]
     optimizer = make_optimizer(model, opt_cfg, head_lr_groups=float(opt_cfg.get("backbone_lr_weight", 1)) != 1.0)

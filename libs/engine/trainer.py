@@ -71,6 +71,21 @@ def fix_random_seed(seed: int, deterministic: bool = True) -> torch.Generator:
     return generator
 
 
+def seed_per_rank(seed: int, rank: int, generator: torch.Generator) -> None:
+    """Once the weights are built (identical on every rank), give each rank its own random
+    streams: rank ``r > 0`` reseeds Python, NumPy, torch and the loader's ``generator`` (its
+    workers' seeds) with ``seed + r``, so N processes draw N different crops, jitters and drop-path
+    masks instead of one (Detectron2's rule). Rank 0 keeps its streams: a one-process run is
+    unchanged."""
+    if rank == 0:
+        return
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
+    torch.cuda.manual_seed_all(seed + rank)
+    generator.manual_seed(seed + rank)
+
+
 def query_ids_of(batch: Any) -> List[str]:
     """The query ids in a batch (a ``Batch`` with ``meta`` or the reference's list of item dicts)."""
     if hasattr(batch, "meta"):
@@ -331,6 +346,10 @@ class SimpleTrainer(TrainerBase):
                 self.grad_scaler.update()
             self._on_nonfinite(bad_ids, grad_norm)
 
+        if comm.get_world_size() > 1:  # the logs show the step's loss over every process's batch
+            names = sorted(sums)
+            means = comm.all_reduce_mean(torch.tensor([sums[n] for n in names], dtype=torch.float64))
+            sums = dict(zip(names, means.tolist()))
         self.storage.put_scalars(**sums)
         self.storage.put_scalars(
             smoothing_hint=False, epoch=self.epoch, epoch_iter=self.inner_iter + 1,
