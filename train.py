@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
@@ -104,6 +105,12 @@ def make_eval_function(cfg: Dict[str, Any], model_to_evaluate: Callable[[], Any]
     return evaluate
 
 
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (torchrun stops the other workers this way when one fails) becomes an exception, so
+    the trainer's cleanup runs and the log's last line says the run stopped and why."""
+    raise SystemExit(f"stopped by signal {signal.Signals(signum).name} (torchrun stops every worker when one fails)")
+
+
 def train(args: argparse.Namespace) -> None:
     import torch
 
@@ -134,6 +141,7 @@ def train(args: argparse.Namespace) -> None:
         resume_state = load_file(args.resume, trust=args.trust_checkpoint)
     device = comm.init_distributed()
     rank, world_size = comm.get_rank(), comm.get_world_size()
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     tcfg = cfg["trainer"]
 
     folder = run_folder(cfg, args.config, args.output)

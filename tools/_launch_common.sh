@@ -7,6 +7,9 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"
 export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+# torchrun's shared TCP store keeps a failed attempt's keys, which hangs workers restarted by
+# --max-restarts (pytorch#135712); train.py also keys its process group by attempt
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
 
 # use_devices DEVICES: restrict CUDA to a comma-separated list (empty: leave as is)
 use_devices() {

@@ -188,10 +188,13 @@ class TrainerBase:
                 stopped_by = self.stopped_by = exc
                 raise
             finally:
-                self._call("after_train")
-                if stopped_by is not None:  # the log's last line says the run did not finish, and why
-                    reason = f"{type(stopped_by).__name__}: {stopped_by}".strip().rstrip(":")
-                    logger.error(f"training stopped at epoch {self.epoch} step {self.iter}: {reason.splitlines()[0]}")
+                try:
+                    self._call("after_train")
+                finally:  # even if a hook fails too (or a second signal comes): the log's last
+                    if stopped_by is not None:  # line says the run did not finish, and why
+                        reason = f"{type(stopped_by).__name__}: {stopped_by}".strip().rstrip(":")
+                        logger.error(f"training stopped at epoch {self.epoch} step {self.iter}: "
+                                     f"{reason.splitlines()[0]}")
 
     def begin_epoch(self) -> None:
         """Prepare the epoch's data (``iters_per_epoch`` and the batch iterator)."""

@@ -52,12 +52,31 @@ def init_distributed(timeout_minutes: int = 30) -> torch.device:
     if use_cuda:
         torch.cuda.set_device(device)
     if world_size > 1 and not is_distributed():
+        timeout = datetime.timedelta(minutes=timeout_minutes)
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            timeout=datetime.timedelta(minutes=timeout_minutes),
+            timeout=timeout,
             **({"device_id": device} if use_cuda else {}),
+            **_restart_safe_store(world_size, timeout),
         )
     return device
+
+
+def _restart_safe_store(world_size: int, timeout: datetime.timedelta) -> dict:
+    """Under ``torchrun`` (which shares its own TCP store with the workers, torch >= 2.5), the
+    process group's keys in a namespace of this restart attempt (``TORCHELASTIC_RESTART_COUNT``).
+
+    The shared store outlives the workers, and torch leaves the keys of a failed attempt in it:
+    workers restarted by ``--max-restarts`` then hang while connecting (pytorch#135712; the
+    launchers also set ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``). Elsewhere: torch's own rendezvous.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"groundnlq/attempt_{attempt}", store), "rank": int(os.environ["RANK"]),
+            "world_size": world_size}
 
 
 def destroy_distributed() -> None:

@@ -109,28 +109,48 @@ def _children(pid):
         return [int(p) for p in f.read().split()]
 
 
-def test_torchrun_restart_after_a_crashed_worker_resumes_by_itself(tiny_run_config, straight_run):
-    """``torchrun --max-restarts=1``: the worker is SIGKILLed mid-epoch; the restarted worker picks up
-    the newest snapshot without being told and ends with the uninterrupted run's weights."""
+@pytest.fixture(scope="module")
+def straight_two_process_run(tiny_run_config):
+    config, out = tiny_run_config
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             os.path.join(ROOT, "train.py"), config, "--output", "straight2"],
+                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out / "tiny_straight2"
+
+
+def test_torchrun_restart_after_a_crashed_worker_resumes_by_itself(tiny_run_config, straight_two_process_run):
+    """``torchrun --nproc_per_node=2 --max-restarts=1`` (plain torchrun: not the launchers, so without
+    their TORCH_DISABLE_SHARE_RDZV_TCP_STORE): one of the two workers is SIGKILLed mid-epoch; the
+    restarted workers reconnect, pick up the newest snapshot without being told and end with the
+    uninterrupted two-process run's weights."""
     config, out = tiny_run_config
     run = out / "tiny_elastic"
-    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+    env = _env()
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
+    agent = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                               "--max-restarts=1", os.path.join(ROOT, "train.py"), config, "--output", "elastic"],
-                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not (run / "snapshot_last.pth").exists():
         assert agent.poll() is None, "training ended before its first snapshot"
         assert time.time() < deadline
         time.sleep(0.05)
     workers = _children(agent.pid)
-    assert workers, "torchrun has no worker process"
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
-    output, _ = agent.communicate(timeout=300)
+    assert len(workers) == 2, "torchrun should have two worker processes"
+    os.kill(workers[-1], signal.SIGKILL)
+    try:
+        output, _ = agent.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        pytest.fail("the restarted workers hung")
     assert agent.returncode == 0, output
     assert "resumed from" in output
+    log = (run / "train.log").read_text().splitlines()
+    restart = [i for i, line in enumerate(log) if "run folder" in line][1]
+    assert "ERROR] training stopped at epoch" in log[restart - 1], log[restart - 3:restart + 1]  # not "Final ..."
 
-    straight, straight_ema, _ = _final_weights(straight_run)
+    straight, straight_ema, _ = _final_weights(straight_two_process_run)
     resumed, resumed_ema, _ = _final_weights(run)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
