@@ -49,7 +49,7 @@ def build(args: argparse.Namespace) -> None:
 
         available = set(open_store(args.video_feat_dir).keys())
     records = build_pretrain_records(args.egoclip, args.split_files, available, args.query_type)
-    write_jsonl(records, args.output)
+    write_jsonl(records, args.output, line_ending="\n")  # the reference's narration file has LF breaks
     print(f"wrote {len(records)} records -> {args.output}")
 
 

@@ -199,7 +199,7 @@ def write_jsonl(records: Iterable[dict], path: str, line_ending: str = JSONL_LIN
         f.write(text)
 
 
-def _check_record(record: Any, where: str, require_timestamps: bool) -> dict:
+def check_record(record: Any, where: str, require_timestamps: bool) -> dict:
     """Validate one parsed jsonl record; returns it with ``query`` filled from ``narration_query``."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
@@ -259,7 +259,7 @@ def read_jsonl(path: str, require_timestamps: bool) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON ({e.msg})") from e
-        record = _check_record(record, where, require_timestamps)
+        record = check_record(record, where, require_timestamps)
         query_id = record["query_id"]
         if query_id in first_line_of:
             raise DataError(f"{where}: duplicate query_id {query_id!r} (first on line {first_line_of[query_id]})")
