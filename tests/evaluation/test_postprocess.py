@@ -6,7 +6,8 @@ import torch
 
 from conftest import require_shared
 from libs.core.errors import ConfigError
-from libs.evaluation.postprocess import decode_candidates, grid_to_seconds, postprocess
+from libs.evaluation.postprocess import decode_candidates, grid_to_seconds, postprocess, results_of_heads
+from libs.modeling.meta_archs import HeadOutputs
 from libs.modeling.targets import assign_labels
 from tests.golden import assert_same_candidates, assert_same_results
 
@@ -249,3 +250,21 @@ def test_postprocess_rejects_bad_test_cfg():
     del cfg["max_seg_num"]
     with pytest.raises(ConfigError, match="max_seg_num"):
         postprocess([], [], cfg)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("source", ["eval", "pre_nms_topk_20", "max_seg_num_50"])
+def test_results_of_heads_from_the_models_outputs(variant, source):
+    """The model's head outputs -> its results, with every test_cfg key of the fixture."""
+    evaluation = _golden(variant, "outputs_eval.pt")
+    test_cfg = _test_cfg(variant)
+    want = evaluation["results"]
+    if source != "eval":
+        variants = _golden(variant, "outputs_eval_variants.pt")[source]
+        test_cfg, want = {**test_cfg, **variants["test_cfg_overrides"]}, variants["results"]
+    points, masks, logits, offsets = _head_outputs(evaluation)
+    heads = HeadOutputs(points=points, fpn_masks=masks, cls_logits=logits, offsets=offsets)
+    meta = [{key: item[key] for key in META_KEYS} for item in _golden(variant, "inputs.pt")]
+    _assert_same_results(results_of_heads(heads, meta, test_cfg), want)
+    for key in ("pre_nms_thresh", "duration_thresh"):  # the thresholds are the config's: none passes these
+        assert all(r["scores"].numel() == 0 for r in results_of_heads(heads, meta, {**test_cfg, key: 1000.0}))
