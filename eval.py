@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle any object in the checkpoint (only for files you made yourself); "
                              "default: weights-only loading")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and where each non-default value came from, then exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
 
@@ -171,6 +173,11 @@ def run(args: argparse.Namespace) -> dict | None:
         if args.config or args.checkpoint:
             raise ConfigError("give either CONFIG CHECKPOINT or --pred-file, not both")
         return score_file(args)
+    if args.print_config and args.config:
+        from libs.core.config import describe_config, resolve_config
+
+        print(describe_config(*resolve_config(args.config, overrides=list(args.opt), mode=args.mode)))
+        return None
     if not (args.config and args.checkpoint):
         raise ConfigError("expected CONFIG CHECKPOINT (or --pred-file FILE --gt-file GT)")
     return evaluate_checkpoint(args)

@@ -60,6 +60,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="unpickle any object in --resume / --pretrained files (only for files you made "
                              "yourself); default: weights-only loading")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config and where each non-default value came from, then exit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     args = parser.parse_args(argv)
     if args.resume_from_pretrain:
@@ -114,7 +116,7 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
 def train(args: argparse.Namespace) -> None:
     import torch
 
-    from libs.core.config import load_config, save_config
+    from libs.core.config import describe_config, load_config, resolve_config, save_config
     from libs.datasets.datasets import make_train_loader
     from libs.engine import hooks as H
     from libs.engine.checkpoint import Checkpointer, is_snapshot, load_file
@@ -132,6 +134,9 @@ def train(args: argparse.Namespace) -> None:
         overrides.append(f"trainer.print_freq={args.print_freq}")
     if args.ckpt_freq is not None:
         overrides.append(f"trainer.checkpoint_freq={args.ckpt_freq}")
+    if args.print_config:
+        print(describe_config(*resolve_config(args.config, overrides=overrides, mode=args.mode)))
+        return
     cfg = load_config(args.config, overrides=overrides, mode=args.mode)
     if cfg["trainer"]["cpu_threads"] is not None:  # validated by load_config
         torch.set_num_threads(cfg["trainer"]["cpu_threads"])

@@ -312,6 +312,7 @@ _SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 MODES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs",
                          "modes")
+BASE_KEY = "_base_"  # in a config file: the configs it builds on
 CONFIG_YAML = "config.yaml"
 CONFIG_TXT = "config.txt"
 
@@ -359,25 +360,82 @@ def mode_path(mode: str) -> str:
 
 def load_config(path: str, overrides: list[str] | None = None, check_paths: bool = False,
                 mode: str | None = None) -> dict:
-    """Load a YAML config, apply a mode and overrides, validate, derive the model's keys.
+    """Load a YAML config (and its ``_base_`` files), apply a mode and overrides, validate, derive
+    the model's keys.
 
-    ``mode`` (e.g. ``"reference"``) merges ``configs/modes/<mode>.yaml`` over the config file,
-    before the overrides. Relative paths in the config are relative to the current working
-    directory (the repository root, as in the reference); ``check_paths=True`` requires every set
-    dataset path to exist.
+    ``_base_: [path, ...]`` in a file names the configs it builds on (paths relative to the file;
+    bases may have bases): their mappings are merged first, in the order listed, then the file's
+    own keys on top (mappings merge deeply, lists and scalars replace). ``mode`` (e.g.
+    ``"reference"``) merges ``configs/modes/<mode>.yaml`` over the config, before the overrides.
+    Every file is validated on its own, so an error names the file the bad key is in. Relative
+    dataset paths are relative to the current working directory (the repository root, as in the
+    reference); ``check_paths=True`` requires every set dataset path to exist.
     """
+    return resolve_config(path, overrides, check_paths, mode)[0]
+
+
+def resolve_config(path: str, overrides: list[str] | None = None, check_paths: bool = False,
+                   mode: str | None = None) -> tuple[dict, dict]:
+    """``load_config``'s config and, for every key a file, the mode or an override set, where its
+    value came from: ``{("section", "key"): "config file <path>" | "override"}``."""
     cfg = copy.deepcopy(DEFAULTS)
-    for source_path in [path] + ([mode_path(mode)] if mode else []):
-        user = _read_yaml(source_path)
-        _merge(cfg, _validated(user, DEFAULTS, (), f"config file {source_path}"))
-        _check_derived(user, cfg, f"config file {source_path}")
+    sources: dict = {}
+    layers = [(f"config file {file}", user) for file, user in config_files(path)]
+    if mode:
+        layers.append((f"config file {mode_path(mode)}", _read_yaml(mode_path(mode))))
     if overrides:
-        parsed = parse_overrides(overrides)
-        _merge(cfg, _validated(parsed, DEFAULTS, (), "override"))
-        _check_derived(parsed, cfg, "override")
+        layers.append(("override", parse_overrides(overrides)))
+    for source, user in layers:
+        validated = _validated(user, DEFAULTS, (), source)
+        _merge(cfg, validated)
+        _note_sources(validated, DEFAULTS, (), source, sources)
+        _check_derived(user, cfg, source)
     if check_paths:
         _check_paths(cfg, path)
-    return _derive(cfg)
+    return _derive(cfg), sources
+
+
+def config_files(path: str, _including: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """The files a config is made of, each with its own keys (without ``_base_``): its bases
+    (depth first, in the order listed), then itself. A file that includes itself, directly or
+    through its bases, is an error naming the chain."""
+    here = os.path.abspath(path)
+    if here in _including:
+        chain = list(_including[_including.index(here):]) + [here]
+        raise ConfigError("config files include each other: " + " -> ".join(chain))
+    user = _read_yaml(path)
+    bases = user.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
+        raise ConfigError(f"config file {path}: {BASE_KEY!r} must be a path or a list of paths "
+                          f"(relative to the file), got {bases!r}")
+    files: list[tuple[str, dict]] = []
+    for base in bases:
+        files += config_files(os.path.join(os.path.dirname(path), base), _including + (here,))
+    return files + [(path, user)]
+
+
+def describe_config(cfg: dict, sources: dict) -> str:
+    """The resolved config as YAML, then every value that differs from the defaults with the file
+    or override it came from (``train.py CONFIG --print-config``)."""
+    lines = [yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None).rstrip(),
+             "", "# values that differ from the defaults, and where they came from:"]
+    for key_path, source in sorted(sources.items()):
+        value, default = cfg, DEFAULTS
+        for part in key_path:
+            value, default = value[part], default[part]
+        if _plain(value) != _plain(default):
+            lines.append(f"#   {'.'.join(key_path)} = {_plain(value)!r}  ({source})")
+    return "\n".join(lines)
+
+
+def _note_sources(user: dict, defaults: dict, prefix: tuple[str, ...], source: str, sources: dict) -> None:
+    for key, value in user.items():
+        if isinstance(defaults.get(key), dict) and isinstance(value, dict):
+            _note_sources(value, defaults[key], prefix + (key,), source, sources)
+        else:
+            sources[prefix + (key,)] = source
 
 
 def _read_yaml(path: str) -> dict:

@@ -350,3 +350,70 @@ def test_reference_mode_sets_every_switch_away_from_the_defaults():
     assert load_config(FINETUNE, mode="reference", overrides=["trainer.amp=bf16"])["trainer"]["amp"] == "bf16"
     with pytest.raises(ConfigError, match=r"unknown mode 'fastest'; known modes: \['reference'\]"):
         load_config(FINETUNE, mode="fastest")
+
+
+def test_bases_merge_mappings_deeply_and_replace_lists_and_scalars(tmp_path):
+    (tmp_path / "bases").mkdir()
+    write_yaml(tmp_path, "model:\n  n_head: 8\n  backbone_arch: [2, 2, 2, 0, 6]\nopt:\n  epochs: 9\n",
+               name="bases/root.yaml")
+    write_yaml(tmp_path, "_base_: root.yaml\nmodel:\n  embd_dim: 64\n  backbone_arch: [1, 1, 1, 0, 2]\n",
+               name="bases/middle.yaml")
+    write_yaml(tmp_path, "opt:\n  epochs: 3\n  learning_rate: 1.0e-3\n", name="other.yaml")
+    path = write_yaml(tmp_path, "_base_: [bases/middle.yaml, other.yaml]\nopt:\n  learning_rate: 5.0e-4\n")
+    cfg, sources = config_mod.resolve_config(path)
+    assert cfg["model"]["n_head"] == 8 and cfg["model"]["embd_dim"] == 64  # merged across files
+    assert cfg["model"]["backbone_arch"] == [1, 1, 1, 0, 2]  # a list replaces, never appends
+    assert cfg["opt"]["epochs"] == 3 and cfg["opt"]["learning_rate"] == 5e-4  # later files win
+    assert cfg["model"]["fpn_dim"] == DEFAULTS["model"]["fpn_dim"]  # untouched keys keep their defaults
+    assert sources[("model", "n_head")] == f"config file {tmp_path / 'bases' / 'root.yaml'}"
+    assert sources[("opt", "epochs")] == f"config file {tmp_path / 'other.yaml'}"
+    assert sources[("opt", "learning_rate")] == f"config file {path}"
+    assert config_mod.load_config(path, overrides=["opt.epochs=4"])["opt"]["epochs"] == 4
+
+
+def test_base_cycles_bad_bases_and_bad_keys_name_their_files(tmp_path):
+    a = write_yaml(tmp_path, "_base_: b.yaml\n", name="a.yaml")
+    b = write_yaml(tmp_path, "_base_: [a.yaml]\n", name="b.yaml")
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config files include each other: {a} -> {b} -> {a}") + "$"):
+        load_config(a)
+    with pytest.raises(ConfigError, match=re.escape("'_base_' must be a path or a list of paths (relative to the file), got 3")):
+        load_config(write_yaml(tmp_path, "_base_: 3\n", name="c.yaml"))
+    with pytest.raises(ConfigError, match=re.escape(f"cannot read config file {tmp_path / 'nope.yaml'}")):
+        load_config(write_yaml(tmp_path, "_base_: nope.yaml\n", name="d.yaml"))
+    bad = write_yaml(tmp_path, "model:\n  n_heads: 4\n", name="bad_base.yaml")
+    top = write_yaml(tmp_path, "_base_: bad_base.yaml\nopt:\n  epochs: 2\n", name="top.yaml")
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config file {bad}: unknown key 'model.n_heads' in section "
+                                                          "'model'; did you mean 'model.n_head'?") + "$"):
+        load_config(top)
+    wrong = write_yaml(tmp_path, "_base_: bad_type.yaml\n", name="top2.yaml")
+    write_yaml(tmp_path, "opt:\n  epochs: three\n", name="bad_type.yaml")
+    with pytest.raises(ConfigError, match=re.escape(f"config file {tmp_path / 'bad_type.yaml'}: 'opt.epochs' must be an integer")):
+        load_config(wrong)
+
+
+def test_shipped_variants_are_small_files_on_their_bases():
+    for name, base in (("ego4d_nlq_v2_pretrain_finetune_internvideo_2.5e-5_train+val.yaml",
+                        "ego4d_nlq_v2_pretrain_finetune_internvideo_2.5e-5.yaml"),
+                       ("ego4d_nlq_v2_internvideo_1e-4_groundnlq_star.yaml", "ego4d_nlq_v2_internvideo_1e-4.yaml")):
+        path = os.path.join(CONFIG_DIR, name)
+        text = open(path).read()
+        assert f"_base_: {base}" in text and len([l for l in text.splitlines() if not l.startswith("#")]) <= 8
+        cfg, base_cfg = load_config(path), load_config(os.path.join(CONFIG_DIR, base))
+        differing = {(s, k) for s in cfg if isinstance(cfg[s], dict) for k in cfg[s] if cfg[s][k] != base_cfg[s][k]}
+        assert differing and differing <= {("dataset", "train_jsonl_file"), ("model", "backbone_arch")}
+
+
+def test_print_config_shows_the_resolved_config_and_where_values_came_from(tmp_path, capsys):
+    import train
+
+    base = write_yaml(tmp_path, "model:\n  n_head: 8\n", name="base.yaml")
+    path = write_yaml(tmp_path, "_base_: base.yaml\nopt:\n  epochs: 3\n")
+    assert train.main([path, "--print-config", "--opt", "opt.learning_rate=1e-4", "--mode", "reference"]) == 0
+    printed = capsys.readouterr().out
+    resolved = yaml.safe_load(printed)  # the YAML part (the sources are comments)
+    assert resolved["model"]["n_head"] == 8 and resolved["opt"]["learning_rate"] == 1e-4
+    assert f"#   model.n_head = 8  (config file {base})" in printed
+    assert f"#   opt.epochs = 3  (config file {path})" in printed
+    assert "#   opt.learning_rate = 0.0001  (override)" in printed
+    assert "#   model.video_pad_mode = 'reference'  (config file " in printed and "modes/reference.yaml)" in printed
+    assert "opt.weight_decay" not in printed.split("where they came from")[1]  # defaults are not listed
