@@ -157,7 +157,7 @@ def train(args: argparse.Namespace) -> None:
     setup_logging(folder, rank)
     logger.info(f"run folder {folder}; {world_size} process(es); device {device}; command: {' '.join(sys.argv)}")
 
-    generator = fix_random_seed(cfg["init_rand_seed"])
+    generator = fix_random_seed(cfg["init_rand_seed"], deterministic=tcfg["deterministic"])
     opt_cfg = dict(cfg["opt"])
     if tcfg["scale_lr_by_world_size"]:
         opt_cfg["learning_rate"] = opt_cfg["learning_rate"] * world_size

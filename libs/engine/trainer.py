@@ -52,8 +52,8 @@ class NonFiniteLossError(GroundNLQError):
 def fix_random_seed(seed: int, deterministic: bool = True) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA) as the reference's ``fix_random_seed``.
 
-    ``deterministic`` also selects deterministic cuDNN/cuBLAS kernels (warn-only where none
-    exists). Returns a fresh generator seeded with ``seed``, for the training loader's shuffling
+    ``deterministic`` (``trainer.deterministic``) selects deterministic cuDNN/cuBLAS kernels
+    (warn-only where none exists); False lets cuDNN benchmark and pick the fastest ones. Returns a fresh generator seeded with ``seed``, for the training loader's shuffling
     and worker seeds (the reference returned the global one).
     """
     random.seed(seed)
@@ -61,11 +61,11 @@ def fix_random_seed(seed: int, deterministic: bool = True) -> torch.Generator:
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
     os.environ["PYTHONHASHSEED"] = str(seed)
+    torch.backends.cudnn.benchmark = not deterministic  # the fastest kernels, picked per shape
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if deterministic:
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator
