@@ -133,6 +133,7 @@ setup(
     name="groundnlq",
     version="0.1.0",
     description="GroundNLQ: Ego4D natural-language-query temporal grounding (re-implementation)",
+    license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["libs", "libs.*"]),
     install_requires=INSTALL_REQUIRES,
