@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on the NLQ val/test split, or score a saved prediction file.
 
-    python eval.py CONFIG CHECKPOINT [--split val|test] [--topk K] [--ema] [--out DIR]
+    python eval.py CONFIG CHECKPOINT [--split val|test] [--top-k K] [--ema] [--out DIR]
                    [--opt key=value ...] [--device DEV] [--no-progress] [--trust-checkpoint] [--debug]
     python eval.py --pred-file SUBMISSION.json --gt-file nlq_val.json [--json-out METRICS.json]
 
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("checkpoint", nargs="?", help="checkpoint file (model mode)")
     parser.add_argument("--split", default="val", choices=SPLITS,
                         help="val: score and write files; test: write files only (no GT)")
-    parser.add_argument("--topk", type=int, default=0, help="windows kept per query (test_cfg.max_seg_num)")
+    parser.add_argument("--top-k", "--topk", dest="topk", type=int, default=0, help="windows kept per query (test_cfg.max_seg_num)")
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     parser.add_argument("--out", default=None, help="output folder (default: the checkpoint's folder)")
     parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -105,7 +105,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
     overrides = list(args.opt)
     if args.topk:
         if args.topk < SUBMISSION_TOP_K:
-            raise ConfigError(f"--topk {args.topk}: the submission needs at least {SUBMISSION_TOP_K} windows")
+            raise ConfigError(f"--top-k {args.topk}: the submission needs at least {SUBMISSION_TOP_K} windows")
         overrides.append(f"test_cfg.max_seg_num={args.topk}")
     if args.split == "test":
         # the test split is read through the evaluation slot of the dataset (as the reference's

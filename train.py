@@ -48,7 +48,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--output", default="run", help="run name: the folder is <output_folder>/<config stem>_<NAME>")
     parser.add_argument("--resume", default=None, metavar="auto|PATH",
                         help="'auto' = newest snapshot of the run folder; or a snapshot / epoch checkpoint")
-    parser.add_argument("--resume_from_pretrain", "--resume-from-pretrain", type=str2bool, default=False,
+    parser.add_argument("--resume-from-pretrain", "--resume_from_pretrain", dest="resume_from_pretrain", type=str2bool, default=False,
                         help="reference spelling: --resume CKPT with this flag = --pretrained CKPT")
     parser.add_argument("--pretrained", default=None, metavar="PATH",
                         help="finetune from this checkpoint (heads re-initialised)")

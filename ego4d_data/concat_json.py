@@ -1,6 +1,6 @@
 """Concatenate the converted train and val annotations into ego4d_nlq_train+val_v2.jsonl.
 
-    python ego4d_data/concat_json.py --input_dir ego4d_data --output_dir ego4d_data
+    python ego4d_data/concat_json.py --input-dir ego4d_data --output-dir ego4d_data
 
 Train lines first, then val lines, as the reference. Used by the test-submission model, which
 trains on train+val. A thin wrapper over libs.datasets.annotations.concat_jsonl.
@@ -36,8 +36,8 @@ def concat_train_val(input_dir: str, output_dir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input_dir", default=".", help="folder holding the converted train/val jsonl")
-    parser.add_argument("--output_dir", default=None, help="where to write the result (default: --input_dir)")
+    parser.add_argument("--input-dir", "--input-dir", dest="input_dir", default=".", help="folder holding the converted train/val jsonl")
+    parser.add_argument("--output-dir", "--output-dir", dest="output_dir", default=None, help="where to write the result (default: --input-dir)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")
     args = parser.parse_args(argv)
     return run_command(lambda: concat_train_val(args.input_dir, args.output_dir or args.input_dir), debug=args.debug)

@@ -2,8 +2,8 @@
 
     python ego4d_data_narration/create_pretrain_data_from_egoclip.py \
         --egoclip egoclip.csv \
-        --split_files nlq_train.json moments_train.json vq_train.json \
-        --video_feat_dir data/features/em_egovlp+internvideo_visual_features_1.87fps \
+        --split-files nlq_train.json moments_train.json vq_train.json \
+        --video-feat-dir data/features/em_egovlp+internvideo_visual_features_1.87fps \
         --output data/narrations/format_unique_pretrain_data_v2.jsonl
 
 Replaces the reference's create_pretrain_data_from_egoclip.py + filter_missing_video.py: clips
@@ -26,13 +26,13 @@ from libs.datasets.annotations import QUERY_TYPES, write_jsonl  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--egoclip", required=True, help="EgoClip metadata (egoclip.csv, tab-separated)")
-    parser.add_argument("--split_files", nargs="+", required=True,
+    parser.add_argument("--split-files", "--split_files", dest="split_files", nargs="+", required=True,
                         help="official train split jsons (NLQ, MQ, VQ) whose clips get narration queries")
     features = parser.add_mutually_exclusive_group()
-    features.add_argument("--video_feat_dir", help="video feature store; clips missing from it are dropped")
-    features.add_argument("--available_clips", help="text file of clip ids with features, one per line")
+    features.add_argument("--video-feat-dir", "--video_feat_dir", dest="video_feat_dir", help="video feature store; clips missing from it are dropped")
+    features.add_argument("--available-clips", "--available_clips", dest="available_clips", help="text file of clip ids with features, one per line")
     parser.add_argument("--output", required=True, help="jsonl to write")
-    parser.add_argument("--query_type", default="narration", choices=QUERY_TYPES,
+    parser.add_argument("--query-type", "--query_type", dest="query_type", default="narration", choices=QUERY_TYPES,
                         help="query_type of the records (default: narration)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")
     args = parser.parse_args(argv)
