@@ -470,25 +470,62 @@ def test_the_cuda_path_hands_every_argument_to_the_kernel(monkeypatch):
     dets, inds = softnms(segs, scores, 0.5, 0.75, 0.001, method=1, max_keep=2)
     want = softnms(segs, scores, 0.5, 0.75, 0.001, method=1, max_keep=2, backend="torch")
     assert torch.equal(dets, want[0]) and torch.equal(inds, want[1])
-    (_, s0, c0, thr0, k0), (_, _, _, _, k1), soft = kernel.calls
+    softnms(segs, scores, 0.5, 0.75, 0.001)
+    (_, s0, c0, thr0, k0), (_, _, _, _, k1), soft, soft_all = kernel.calls
     assert s0.dtype == c0.dtype == torch.float32 and s0.is_contiguous() and (thr0, k0, k1) == (0.5, -1, 1)
     assert soft[0] == "softnms" and soft[3:] == (0.5, 0.75, 0.001, 1, 2) and soft[1].dtype == torch.float32
+    assert soft_all[3:] == (0.5, 0.75, 0.001, 2, -1)  # gaussian by default, no limit
 
 
 @pytest.mark.parametrize("use_soft_nms", [True, False])
 def test_early_stop_asks_each_nms_for_max_seg_num_selections_only(monkeypatch, use_soft_nms):
     asked = []
     real_nms, real_softnms = nms_module.nms, nms_module.softnms
-    monkeypatch.setattr(nms_module, "nms", lambda *a, **k: asked.append(k["max_keep"]) or real_nms(*a, **k))
-    monkeypatch.setattr(nms_module, "softnms", lambda *a, **k: asked.append(k["max_keep"]) or real_softnms(*a, **k))
+    monkeypatch.setattr(nms_module, "nms", lambda *a, **k: asked.append((k["max_keep"], k["backend"])) or real_nms(*a, **k))
+    monkeypatch.setattr(nms_module, "softnms",
+                        lambda *a, **k: asked.append((k["max_keep"], k["backend"])) or real_softnms(*a, **k))
     segs, scores, labels, _ = random_problem(random.Random(4))
     labels = torch.arange(len(scores)) % 2  # two classes: two calls
-    for early_stop, max_seg_num, want in ((True, 3, 3), (False, 3, None), (True, 0, None)):
+    for early_stop, max_seg_num, want in ((True, 3, 3), (True, 1, 1), (False, 3, None), (True, 0, None)):
         asked.clear()
         batched_nms(segs, scores, labels, 0.3, 0.001, max_seg_num, use_soft_nms=use_soft_nms, early_stop=early_stop,
                     backend="torch")
-        assert asked == [want] * len(labels.unique()), (early_stop, max_seg_num)
+        assert asked == [(want, "torch")] * len(labels.unique()), (early_stop, max_seg_num)
+    asked.clear()
+    batched_nms(segs, scores, labels, 0.3, 0.001, 3, use_soft_nms=use_soft_nms, backend="torch")  # the default
+    assert asked == [(3, "torch")] * 2
     assert batched_nms(segs, scores, labels, 0.3, 0.001, 3, use_soft_nms=use_soft_nms, backend="torch")[0].shape[0] <= 3
+
+
+def test_batched_nms_behaves_as_its_default_arguments_say():
+    """Left out, sigma is 0.5 and voting_thresh 0.75 (the reference's), for one query or many."""
+    segs = torch.tensor([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0], [20.0, 30.0]])  # overlaps: sigma and voting matter
+    scores, labels = torch.tensor([0.9, 0.8, 0.7, 0.6]), torch.zeros(4, dtype=torch.long)
+    args = (segs, scores, labels, 0.3, 0.001, 20)
+    for function, wrap in ((batched_nms, lambda r: r), (nms_module.batched_nms_of_queries, lambda r: r[0])):
+        call = (lambda **k: function(*args, **k)) if function is batched_nms else \
+            (lambda **k: function([args[:3]], *args[3:], **k))
+        soft = wrap(call(backend="torch"))
+        assert all(torch.equal(a, b) for a, b in zip(soft, wrap(call(sigma=0.5, backend="torch"))))
+        assert not torch.equal(soft[1], wrap(call(sigma=1.5, backend="torch"))[1])
+        voted = wrap(call(multiclass=False, backend="torch"))
+        assert torch.equal(voted[0], wrap(call(multiclass=False, voting_thresh=0.75, backend="torch"))[0])
+        assert not torch.equal(voted[0], wrap(call(multiclass=False, voting_thresh=0.25, backend="torch"))[0])
+
+
+def test_batched_nms_of_queries_hands_every_argument_on(monkeypatch):
+    seen = []
+    real = nms_module.batched_nms
+    monkeypatch.setattr(nms_module, "batched_nms", lambda *a, **k: seen.append((a[3:], k)) or real(*a, **k))
+    segs, scores, labels, _ = random_problem(random.Random(2))
+    nms_module.batched_nms_of_queries([(segs, scores, labels)] * 2, 0.4, 0.01, 7, use_soft_nms=False,
+                                      multiclass=False, sigma=0.3, voting_thresh=0.6, backend="torch", early_stop=False)
+    assert seen == [((0.4, 0.01, 7), dict(use_soft_nms=False, multiclass=False, sigma=0.3, voting_thresh=0.6,
+                                          backend="torch", early_stop=False))] * 2
+    seen.clear()
+    nms_module.batched_nms_of_queries([(segs, scores, labels)], 0.4, 0.01, 7)
+    assert seen == [((0.4, 0.01, 7), dict(use_soft_nms=True, multiclass=True, sigma=0.5, voting_thresh=0.75,
+                                          backend="auto", early_stop=True))]
 
 
 def test_batched_nms_defaults_are_the_references():
@@ -582,7 +619,7 @@ class BatchedKernel(RecordingKernel):
         return dets, inds, torch.tensor(counts)
 
 
-@pytest.mark.parametrize("early_stop,max_seg_num", [(True, 5), (False, 5), (True, 50)])
+@pytest.mark.parametrize("early_stop,max_seg_num", [(True, 5), (False, 5), (True, 50), (True, 1), (True, 0)])
 def test_all_queries_in_one_launch_equal_query_by_query(monkeypatch, early_stop, max_seg_num):
     rng = random.Random(9)
     problems = [random_problem(rng)[:3] for _ in range(7)]
@@ -595,7 +632,8 @@ def test_all_queries_in_one_launch_equal_query_by_query(monkeypatch, early_stop,
     monkeypatch.setattr(nms_module, "_resolve_backend", lambda backend, device: "cuda")
     got = nms_module.batched_nms_of_queries(problems, *args, sigma=0.75, early_stop=early_stop)
     offsets = [0] + list(itertools.accumulate(len(p[1]) for p in problems))
-    assert kernel.calls == [("softnms_batched", offsets, 0.3, 0.75, 0.001, 2, max_seg_num if early_stop else -1)]
+    limit = max_seg_num if early_stop and max_seg_num > 0 else -1
+    assert kernel.calls == [("softnms_batched", offsets, 0.3, 0.75, 0.001, 2, limit)]
     for a, b in zip(got, want):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
         assert a[2].tolist() == [3] * len(a[2])
@@ -615,6 +653,7 @@ def test_one_launch_only_where_each_query_is_one_soft_nms_problem(monkeypatch):
         (two_classes, {"multiclass": False, "voting_thresh": 0.0}, True),
         (two_classes, {"multiclass": False, "voting_thresh": 0.9}, False),
         ([], {}, False),
+        ([(torch.zeros(0, 2), torch.zeros(0), torch.zeros(0, dtype=torch.long))] * 2, {}, True),  # no candidates
     ]
     for problems, kwargs, batched in cases:
         kernel.calls.clear()
