@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # torch first: a bare `torch` requirement would pull a multi-GB CUDA build
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
-python -m pip install -q -e . --no-build-isolation
+python -m pip install -q -e ".[viz]" --no-build-isolation  # viz: the run draws its training curves
 python tools/make_demo_data.py --out data/demo
 python train.py configs/demo.yaml --output demo "$@"
 RUN=ckpt/demo_demo
