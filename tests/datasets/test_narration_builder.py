@@ -49,6 +49,18 @@ NLQ = split_json(("v1", "c1", 100.0, 200.0), ("v2", "c3", 5.0, 45.0))
 MQ = split_json(("v1", "c1", 100.0, 200.0), ("v1", "c2", 300.0, 400.0))
 
 
+def run_builder(argv):
+    saved = sys.argv
+    sys.argv = ["create", *argv]
+    try:
+        with pytest.raises(SystemExit) as code:
+            runpy.run_path(os.path.join(REPO_ROOT, "ego4d_data_narration", "create_pretrain_data_from_egoclip.py"),
+                           run_name="__main__")
+    finally:
+        sys.argv = saved
+    return code.value.code
+
+
 def test_read_egoclip_groups_keeps_short_lines_and_skips_long_ones(tmp_path):
     """As pandas' ``error_bad_lines=False``: too many fields skip the line, too few leave fields empty."""
     long_line = "\t".join(ROWS[0] + ["one more"])
@@ -105,18 +117,10 @@ def test_cli_writes_loadable_jsonl_and_reports_drops(tmp_path, capsys):
     (tmp_path / "moments_train.json").write_text(json.dumps(MQ))
     (tmp_path / "ids.txt").write_text("c1\nc2\n\n")
     out = tmp_path / "narr.jsonl"
-    argv = sys.argv
-    sys.argv = ["create", "--egoclip", egoclip, "--split_files", str(tmp_path / "nlq_train.json"),
-                str(tmp_path / "moments_train.json"), "--available_clips", str(tmp_path / "ids.txt"),
-                "--output", str(out)]
-    try:
-        with pytest.raises(SystemExit) as code:
-            runpy.run_path(os.path.join(REPO_ROOT, "ego4d_data_narration", "create_pretrain_data_from_egoclip.py"),
-                           run_name="__main__")
-    finally:
-        sys.argv = argv
+    assert run_builder(["--egoclip", egoclip, "--split_files", str(tmp_path / "nlq_train.json"),
+                        str(tmp_path / "moments_train.json"), "--available_clips", str(tmp_path / "ids.txt"),
+                        "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert code.value.code == 0
     assert "dropped 1 records of clip c3: no video features" in printed
     records = read_jsonl(str(out), require_timestamps=True)
     assert [r["query_id"] for r in records] == ["c1_narrator-1_0", "c1_narrator-2_7", "c2_narrator-1_3"]
@@ -139,16 +143,9 @@ def test_cli_with_feature_store(tmp_path, capsys):
     feature_store.write_store(store, [("c1", np.zeros((4, 3), dtype=np.float32))], kind="folder")
     (tmp_path / "nlq.json").write_text(json.dumps(NLQ))
     out = tmp_path / "narr.jsonl"
-    argv = sys.argv
-    sys.argv = ["create", "--egoclip", write_egoclip(tmp_path / "egoclip.csv"), "--split_files",
-                str(tmp_path / "nlq.json"), "--video_feat_dir", store, "--output", str(out)]
-    try:
-        with pytest.raises(SystemExit) as code:
-            runpy.run_path(os.path.join(REPO_ROOT, "ego4d_data_narration", "create_pretrain_data_from_egoclip.py"),
-                           run_name="__main__")
-    finally:
-        sys.argv = argv
-    assert code.value.code == 0 and "dropped 1 records of clip c3" in capsys.readouterr().out
+    assert run_builder(["--egoclip", write_egoclip(tmp_path / "egoclip.csv"), "--split-files",
+                        str(tmp_path / "nlq.json"), "--video-feat-dir", store, "--output", str(out)]) == 0
+    assert "dropped 1 records of clip c3" in capsys.readouterr().out
     assert [r["video_id"] for r in read_jsonl(str(out), require_timestamps=True)] == ["c1", "c1"]
 
 
@@ -206,15 +203,3 @@ def test_an_egoclip_file_without_narrations_is_an_error(tmp_path):
     path = write_egoclip(tmp_path / "egoclip.csv", rows=[])
     with pytest.raises(DataError, match=f"^{re.escape(path)}: no narration rows after the header"):
         read_egoclip(path)
-
-
-def run_builder(argv):
-    saved = sys.argv
-    sys.argv = ["create", *argv]
-    try:
-        with pytest.raises(SystemExit) as code:
-            runpy.run_path(os.path.join(REPO_ROOT, "ego4d_data_narration", "create_pretrain_data_from_egoclip.py"),
-                           run_name="__main__")
-    finally:
-        sys.argv = saved
-    return code.value.code
