@@ -36,8 +36,8 @@ def concat_train_val(input_dir: str, output_dir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input-dir", "--input-dir", dest="input_dir", default=".", help="folder holding the converted train/val jsonl")
-    parser.add_argument("--output-dir", "--output-dir", dest="output_dir", default=None, help="where to write the result (default: --input-dir)")
+    parser.add_argument("--input-dir", "--input_dir", dest="input_dir", default=".", help="folder holding the converted train/val jsonl")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=None, help="where to write the result (default: --input-dir)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")
     args = parser.parse_args(argv)
     return run_command(lambda: concat_train_val(args.input_dir, args.output_dir or args.input_dir), debug=args.debug)
