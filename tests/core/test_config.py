@@ -291,6 +291,7 @@ def test_check_paths(tmp_path, monkeypatch):
     (tmp_path / "ann.jsonl").write_text("")
     path = write_yaml(tmp_path, "dataset:\n  train_jsonl_file: ann.jsonl\n  video_feat_dir: feats/video.h5\n")
     assert load_config(path)["dataset"]["video_feat_dir"] == "feats/video.h5"  # not checked by default
+    assert config_mod.resolve_config(path)[0]["dataset"]["video_feat_dir"] == "feats/video.h5"
     with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path}: dataset.video_feat_dir = 'feats/video.h5' "
                                                           f"does not exist (relative paths are relative to {tmp_path})")):
         load_config(path, check_paths=True)
@@ -378,6 +379,9 @@ def test_base_cycles_bad_bases_and_bad_keys_name_their_files(tmp_path):
         load_config(a)
     with pytest.raises(ConfigError, match=re.escape("'_base_' must be a path or a list of paths (relative to the file), got 3")):
         load_config(write_yaml(tmp_path, "_base_: 3\n", name="c.yaml"))
+    for bad_list in ("[3]", "['']", "[a.yaml, 3]"):
+        with pytest.raises(ConfigError, match=re.escape("'_base_' must be a path or a list of paths")):
+            load_config(write_yaml(tmp_path, f"_base_: {bad_list}\n", name="e.yaml"))
     with pytest.raises(ConfigError, match=re.escape(f"cannot read config file {tmp_path / 'nope.yaml'}")):
         load_config(write_yaml(tmp_path, "_base_: nope.yaml\n", name="d.yaml"))
     bad = write_yaml(tmp_path, "model:\n  n_heads: 4\n", name="bad_base.yaml")
@@ -406,7 +410,7 @@ def test_shipped_variants_are_small_files_on_their_bases():
 def test_print_config_shows_the_resolved_config_and_where_values_came_from(tmp_path, capsys):
     import train
 
-    base = write_yaml(tmp_path, "model:\n  n_head: 8\n", name="base.yaml")
+    base = write_yaml(tmp_path, "model:\n  n_head: 8\nopt:\n  weight_decay: 0.0\n", name="base.yaml")  # the default
     path = write_yaml(tmp_path, "_base_: base.yaml\nopt:\n  epochs: 3\n")
     assert train.main([path, "--print-config", "--opt", "opt.learning_rate=1e-4", "--mode", "reference"]) == 0
     printed = capsys.readouterr().out
@@ -417,3 +421,6 @@ def test_print_config_shows_the_resolved_config_and_where_values_came_from(tmp_p
     assert "#   opt.learning_rate = 0.0001  (override)" in printed
     assert "#   model.video_pad_mode = 'reference'  (config file " in printed and "modes/reference.yaml)" in printed
     assert "opt.weight_decay" not in printed.split("where they came from")[1]  # defaults are not listed
+    # sections and keys in the defaults' order (not sorted), lists on one line, one blank line before the sources
+    assert list(resolved) == list(DEFAULTS) and list(resolved["opt"]) == list(DEFAULTS["opt"])
+    assert "\n  backbone_arch: [" in printed and "\n\n\n" not in printed and printed.startswith("init_rand_seed:")
