@@ -23,7 +23,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from conftest import require_shared
+from conftest import fixture_path
 from libs.evaluation.postprocess import decode_candidates
 from libs.modeling import make_meta_arch
 
@@ -46,10 +46,10 @@ _CACHE: dict = {}
 
 
 def golden(variant: str, name: str):
-    """A golden file of ``variant`` (cached; skips the test when ../shared is absent)."""
+    """A golden file of ``variant`` (cached; from tests/fixtures/golden)."""
     key = (variant, name)
     if key not in _CACHE:
-        path = require_shared("golden", variant, name)
+        path = fixture_path("golden", variant, name)
         if name.endswith(".json"):
             with open(path) as f:
                 _CACHE[key] = json.load(f)

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     try:
         copy_checkout(work)
         write_config(work, module, [os.path.relpath(os.path.abspath(t), ROOT) for t in tests])
-        # the copy has no ../shared beside it: point the golden tests at this checkout's
+        # the copy has no ../shared beside it: point the annotation tests at this checkout's
         env = {**os.environ, "GROUNDNLQ_SHARED": shared_dir()}
         run = subprocess.run(["mutmut", "run"], cwd=work, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

@@ -14,7 +14,7 @@ from libs.core import config as config_mod
 from libs.core.config import DEFAULTS, load_config, load_default_config, parse_overrides, save_config
 from libs.core.errors import ConfigError
 from libs.utils.paths import REPO_ROOT
-from tests.conftest import require_shared
+from tests.conftest import fixture_path
 
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
 FINETUNE = os.path.join(CONFIG_DIR, "ego4d_nlq_v2_pretrain_finetune_internvideo_2.5e-5.yaml")
@@ -84,7 +84,7 @@ def test_shipped_configs_values():
 
 
 def test_finetune_model_section_matches_reference_golden():
-    golden = json.load(open(require_shared("golden", "tiny_model", "config.json")))
+    golden = json.load(open(fixture_path("golden", "tiny_model", "config.json")))
     cfg = load_config(FINETUNE, overrides=TINY_OVERRIDES)
     model = as_json(cfg["model"])
     for key in OUR_MODEL_KEYS:

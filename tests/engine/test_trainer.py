@@ -19,7 +19,7 @@ from libs.modeling.losses import Criterion
 from libs.utils.ema import ModelEMA
 from libs.utils.lr_schedule import make_scheduler
 from libs.utils.optim import make_optimizer
-from tests.conftest import require_shared
+from tests.conftest import fixture_path
 
 OPT_CFG = {"type": "AdamW", "learning_rate": 0.05, "weight_decay": 0.05, "epochs": 2, "warmup": True,
            "warmup_epochs": 1, "schedule_type": "cosine"}
@@ -273,15 +273,15 @@ def test_in_process_resume_mid_epoch_is_bit_identical(tmp_path):
 
 # ---------------------------------------------------------------- the real model (golden tiny config)
 def test_one_step_of_tiny_golden_model():
-    with open(require_shared("golden", "tiny_model", "config.json")) as f:
+    with open(fixture_path("golden", "tiny_model", "config.json")) as f:
         cfg = json.load(f)
     models = pytest.importorskip("libs.modeling.models")
-    inputs = torch.load(require_shared("golden", "tiny_model", "inputs.pt"), weights_only=True)
-    outputs = torch.load(require_shared("golden", "tiny_model", "outputs_train.pt"), weights_only=True)
+    inputs = torch.load(fixture_path("golden", "tiny_model", "inputs.pt"), weights_only=True)
+    outputs = torch.load(fixture_path("golden", "tiny_model", "outputs_train.pt"), weights_only=True)
     # the fixture pads as the reference does (video to max_seq_len, text to the batch's longest)
     model = models.make_meta_arch(cfg["model_name"], **cfg["model"], video_pad_mode="reference",
                                   text_pad_mode="reference")
-    model.load_state_dict(torch.load(require_shared("golden", "tiny_model", "state_dict.pt"), weights_only=True))
+    model.load_state_dict(torch.load(fixture_path("golden", "tiny_model", "state_dict.pt"), weights_only=True))
     for module in model.modules():  # the fixture's train mode is deterministic (drop path off)
         if hasattr(module, "drop_prob"):
             module.drop_prob = 0.0

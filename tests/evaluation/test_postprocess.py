@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import require_shared
+from conftest import fixture_path
 from libs.core.errors import ConfigError
 from libs.evaluation.postprocess import decode_candidates, grid_to_seconds, postprocess, results_of_heads
 from libs.modeling.meta_archs import HeadOutputs
@@ -16,11 +16,11 @@ META_KEYS = ("video_id", "query_id", "duration", "fps", "feat_stride", "feat_num
 
 
 def _golden(variant: str, name: str):
-    return torch.load(require_shared("golden", variant, name), weights_only=True)
+    return torch.load(fixture_path("golden", variant, name), weights_only=True)
 
 
 def _test_cfg(variant: str) -> dict:
-    with open(require_shared("golden", variant, "config.json")) as f:
+    with open(fixture_path("golden", variant, "config.json")) as f:
         return json.load(f)["test_cfg"]
 
 

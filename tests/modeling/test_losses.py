@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import require_shared
+from conftest import fixture_path
 from libs.core.config import DEFAULTS
 from libs.core.errors import ConfigError, DataError
 from libs.modeling.losses import Criterion, LossNormalizer, compute_losses, ctr_diou_loss_1d, sigmoid_focal_loss
@@ -14,7 +14,7 @@ LN2 = math.log(2.0)
 
 
 def _golden(variant: str, name: str):
-    return torch.load(require_shared("golden", variant, name), weights_only=True)
+    return torch.load(fixture_path("golden", variant, name), weights_only=True)
 
 
 def _golden_loss_inputs(variant: str):

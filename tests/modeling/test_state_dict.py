@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from libs.modeling import make_meta_arch
-from conftest import require_shared
+from conftest import fixture_path
 
 FINETUNE_MODEL = dict(
     backbone_type="convTransformer",
@@ -53,7 +53,7 @@ def read_tsv(path):
 
 
 def test_groundnlq_state_dict_equals_reference_table():
-    rows = read_tsv(require_shared("spec", "reference_state_dict.tsv"))
+    rows = read_tsv(fixture_path("reference_state_dict.tsv"))
     state = build_on_meta().state_dict()
     ours = [(k, tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in state.items()]
     assert ours == rows

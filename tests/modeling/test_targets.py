@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from conftest import require_shared
+from conftest import fixture_path
 from libs.core.errors import ConfigError, DataError
 from libs.modeling.targets import LENGTH_TIE_TOLERANCE, assign_labels
 
@@ -12,7 +12,7 @@ VARIANTS = ["tiny_model", "tiny_model_star"]
 
 
 def _golden(variant: str, name: str):
-    return torch.load(require_shared("golden", variant, name), weights_only=True)
+    return torch.load(fixture_path("golden", variant, name), weights_only=True)
 
 
 def _level_points(length: int, lo: float, hi: float, stride: float) -> torch.Tensor:

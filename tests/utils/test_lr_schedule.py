@@ -7,11 +7,11 @@ import torch
 
 from libs.core.errors import ConfigError
 from libs.utils.lr_schedule import WarmupLRSchedule, make_scheduler
-from tests.conftest import require_shared
+from tests.conftest import fixture_path
 
 
 def _golden():
-    with open(require_shared("golden", "schedule", "schedule.json")) as f:
+    with open(fixture_path("golden", "schedule", "schedule.json")) as f:
         return json.load(f)
 
 

@@ -21,7 +21,7 @@ import torch
 from libs.core.errors import DataError
 from libs.utils import nms as nms_module
 from libs.utils.nms import available_backends, batched_nms, nms, seg_voting, softnms
-from tests.conftest import require_shared
+from tests.conftest import fixture_path
 from tests.utils.nms_cases import (
     SCORE_ATOL,
     assert_batched_rows_match,
@@ -53,7 +53,7 @@ def _device(backend):
 
 @pytest.fixture(scope="module")
 def golden():
-    data = torch.load(require_shared("golden", "nms", "cases.pt"), weights_only=True)
+    data = torch.load(fixture_path("golden", "nms", "cases.pt"), weights_only=True)
     return data["batched_settings"], data["cases"]
 
 

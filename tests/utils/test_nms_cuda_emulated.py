@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from libs.utils.nms import nms, softnms
-from tests.conftest import require_shared
+from tests.conftest import fixture_path
 from tests.utils.emulated_cuda_nms import HERE, build, compile_library, find_compiler
 from tests.utils.nms_cases import (
     SCORE_ATOL,
@@ -54,7 +54,7 @@ def kernels(compiler, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cases():
-    return torch.load(require_shared("golden", "nms", "cases.pt"), weights_only=True)["cases"]
+    return torch.load(fixture_path("golden", "nms", "cases.pt"), weights_only=True)["cases"]
 
 
 @pytest.mark.parametrize("threads", [64, 256])

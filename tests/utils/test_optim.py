@@ -7,7 +7,7 @@ from torch import nn
 
 from libs.core.errors import ConfigError
 from libs.utils.optim import make_optimizer, split_decay
-from tests.conftest import require_shared
+from tests.conftest import fixture_path
 
 
 class ChannelLayerNorm(nn.Module):
@@ -63,9 +63,9 @@ def test_unknown_type_is_a_config_error():
 
 @pytest.mark.parametrize("variant", ["two_groups", "four_groups_backbone_lr_weight_0.1"])
 def test_groups_match_reference_on_tiny_model(variant):
-    with open(require_shared("golden", "schedule", "schedule.json")) as f:
+    with open(fixture_path("golden", "schedule", "schedule.json")) as f:
         golden = json.load(f)
-    with open(require_shared("golden", "tiny_model", "config.json")) as f:
+    with open(fixture_path("golden", "tiny_model", "config.json")) as f:
         cfg = json.load(f)
     models = pytest.importorskip("libs.modeling.models")
     model = models.make_meta_arch(cfg["model_name"], **cfg["model"])
