@@ -27,7 +27,7 @@ from libs.core.errors import ConfigError
 
 from libs.utils.cli import run_command
 from libs.utils.io import save_json
-from libs.evaluation.metrics import evaluate_predictions, format_metrics_table, load_ground_truth
+from libs.evaluation.metrics import evaluate_predictions, format_metrics_table, load_ground_truth, windows_per_query
 from libs.evaluation.submission import (
     SUBMISSION_TOP_K,
     make_submission,
@@ -65,9 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def report(metrics: dict, num_gt_queries: int, title: str) -> None:
+def report(metrics: dict, num_gt_queries: int, title: str, windows: int) -> None:
+    """The recall table; R@10 only where the results held more than 5 windows per query."""
     print(f"Evaluated: {metrics['num_queries']} / {num_gt_queries} instances")
-    print(format_metrics_table(metrics, title=title), flush=True)
+    print(format_metrics_table(metrics, title=title, windows=windows), flush=True)
 
 
 def score_file(args: argparse.Namespace) -> dict:
@@ -75,8 +76,9 @@ def score_file(args: argparse.Namespace) -> dict:
     if not args.gt_file:
         raise ConfigError("--pred-file needs --gt-file (the official NLQ json of the split)")
     gt = load_ground_truth(args.gt_file)
-    metrics = evaluate_predictions(read_prediction_file(args.pred_file, gt), gt)
-    report(metrics, gt.num_gt_queries, title=os.path.basename(args.pred_file))
+    predictions = read_prediction_file(args.pred_file, gt)
+    metrics = evaluate_predictions(predictions, gt)
+    report(metrics, gt.num_gt_queries, title=os.path.basename(args.pred_file), windows=windows_per_query(predictions))
     if args.json_out:
         save_json({"pred_file": args.pred_file, "gt_file": args.gt_file, **metrics}, args.json_out, indent=2)
     return metrics
@@ -160,7 +162,8 @@ def _evaluate_on(args: argparse.Namespace, cfg: dict, device) -> dict | None:
     gt = split.ground_truth
     evaluator = RecallEvaluator(gt)
     metrics = evaluator.evaluate(results)
-    report(metrics, gt.num_gt_queries, title=f"{tag} ({'EMA' if args.ema else 'raw'} weights)")
+    report(metrics, gt.num_gt_queries, title=f"{tag} ({'EMA' if args.ema else 'raw'} weights)",
+           windows=windows_per_query(results))
     metrics_path = args.json_out or os.path.join(out_dir, f"{tag}_metrics.json")
     save_json({"checkpoint": os.path.abspath(args.checkpoint), "split": args.split, "ema": args.ema,
                "gt_file": gt.source, **metrics}, metrics_path, indent=2)

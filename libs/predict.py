@@ -96,8 +96,10 @@ def resolve_text_encoder(configured: Optional[str], text_encoder: Union[None, st
     else:
         name = text_encoder or configured
     if name is None:
-        raise ConfigError(f"{source}: dataset.text_encoder is not set, so the encoder of the training text "
-                          f"features is unknown; set it ('minilm' | 'clip') or pass text_encoder=")
+        raise ConfigError(f"{source}: dataset.text_encoder is not set, so this model cannot take typed "
+                          f"questions: nothing says which encoder made its training text features. Configs "
+                          f"that name one can (configs/demo_worded.yaml: minilm); if you know it, add "
+                          f"--opt dataset.text_encoder=minilm|clip (Python: text_encoder=)")
     if configured is not None and name != configured:
         raise ConfigError(f"{source}: the model was trained on {configured!r} text features "
                           f"(dataset.text_encoder), but the text encoder given is {name!r}")

@@ -219,6 +219,13 @@ def test_command_line_errors_are_one_line(cli_run, capsys):
     _, config, checkpoint = cli_run
     assert main([config, checkpoint, "--clip", "nope", "--query", "where?", "--device", "cpu"]) == 2
     assert "error: id 'nope' not found" in capsys.readouterr().err
+    # a model trained on precomputed text features only (no dataset.text_encoder): said in command-line terms
+    (cli_run[0] / "untyped").mkdir()
+    untyped, _ = write_run(cli_run[0] / "untyped", toy_model())
+    assert main([untyped, checkpoint, "--clip", "clip-a", "--query", "where?", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot take typed questions" in err
+    assert "configs/demo_worded.yaml" in err and "--opt dataset.text_encoder=minilm|clip" in err
 
 
 def test_command_line_plot(cli_run, capsys):

@@ -18,6 +18,7 @@ from libs.evaluation.metrics import (
     evaluate_predictions,
     format_metrics_table,
     load_ground_truth,
+    windows_per_query,
 )
 from libs.evaluation.postprocess import results_of_heads
 from libs.utils import comm
@@ -98,6 +99,7 @@ class RecallEvaluator:
         self.ks = tuple(ks)
         self.thresholds = tuple(thresholds)
         self._results: list[dict] = []
+        self._windows: int | None = None  # windows per query of the last evaluated results
 
     def reset(self) -> None:
         """Forget the results collected so far."""
@@ -114,12 +116,15 @@ class RecallEvaluator:
     def evaluate(self, predictions: Sequence[dict] | None = None) -> dict:
         """Recall@K,IoU and mIoU (percentages) of ``predictions`` or of the processed results."""
         results = self._results if predictions is None else predictions
-        return evaluate_predictions(results, self.gt, self.ks, self.thresholds)
+        metrics = evaluate_predictions(results, self.gt, self.ks, self.thresholds)
+        self._windows = windows_per_query(results)
+        return metrics
 
     def format(self, metrics: dict) -> str:
-        """Printable summary: evaluated count and the ASCII table."""
+        """Printable summary: evaluated count and the ASCII table (without R@K's that only repeat
+        the K before, given the windows per query of the last ``evaluate``)."""
         header = f"Evaluated: {metrics['num_queries']} / {self.gt.num_gt_queries} instances"
-        return header + "\n" + format_metrics_table(metrics, self.ks, self.thresholds)
+        return header + "\n" + format_metrics_table(metrics, self.ks, self.thresholds, windows=self._windows)
 
 
 class ReferringRecall(RecallEvaluator):

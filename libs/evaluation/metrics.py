@@ -270,14 +270,32 @@ def evaluate_predictions(
     return metrics
 
 
+def windows_per_query(results: Sequence[dict]) -> int:
+    """The most windows any result holds (``test_cfg.max_seg_num`` for a model's results)."""
+    return max((len(prediction_windows(r)) for r in results), default=0)
+
+
+def informative_ks(ks: Sequence[int], windows: int | None) -> list[int]:
+    """The K's of ``ks`` whose recall can differ from the K before: with 5 windows per query,
+    R@10 repeats R@5 and is not worth printing. ``windows`` None: all of ``ks``."""
+    ks = sorted(int(k) for k in ks)
+    if windows is None:
+        return ks
+    return [k for i, k in enumerate(ks) if i == 0 or windows > ks[i - 1]]
+
+
 def format_metrics_table(
     metrics: dict,
     ks: Sequence[int] = DEFAULT_KS,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     title: str | None = None,
+    windows: int | None = None,
 ) -> str:
-    """Plain ASCII table of the recall values (K-major, as the reference prints) and mIoU."""
-    names = [metric_name(k, th) for k in ks for th in thresholds] + ["mIoU"]
+    """Plain ASCII table of the recall values (K-major, as the reference prints) and mIoU.
+
+    ``windows``: the windows per query the results held (``windows_per_query``); a K that can
+    only repeat the K before it is left out of the table (still in ``metrics``)."""
+    names = [metric_name(k, th) for k in informative_ks(ks, windows) for th in thresholds] + ["mIoU"]
     names = [n for n in names if n in metrics]
     cells = [f"{metrics[n]:.2f}" for n in names]  # NaN prints as "nan"
     widths = [max(len(n), len(c)) + 2 for n, c in zip(names, cells)]

@@ -44,7 +44,8 @@ def test_recall_evaluator_collects_and_scores():
     evaluator.process(None, results)
     metrics = evaluator.evaluate()
     assert metrics["R1@0.3"] == 100.0 and metrics["R1@0.5"] == 50.0 and metrics["mIoU"] == pytest.approx(75.0)
-    assert "Evaluated: 2 / 2 instances" in evaluator.format(metrics)
+    printed = evaluator.format(metrics)
+    assert "Evaluated: 2 / 2 instances" in printed and "R1@0.5" in printed and "R5@0.5" not in printed  # 1 window each
     evaluator.reset()
     evaluator.process(None, results[:1])
     assert evaluator.evaluate()["num_queries"] == 1

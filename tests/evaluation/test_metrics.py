@@ -12,10 +12,12 @@ from libs.core.errors import DataError
 from libs.evaluation.metrics import (
     evaluate_predictions,
     format_metrics_table,
+    informative_ks,
     load_ground_truth,
     prediction_windows,
     split_query_id,
     temporal_iou,
+    windows_per_query,
 )
 from tests.conftest import require_shared
 
@@ -253,6 +255,19 @@ def test_table_lists_values_k_major():
         "R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "R10@0.3", "R10@0.5", "mIoU"]
     assert [c.strip() for c in lines[3].split("|")[1:-1]] == [
         "26.98", "18.83", "53.56", "40.00", "53.56", "40.00", "19.50"]
+
+
+def test_r_at_10_is_printed_only_when_more_than_5_windows_were_kept():
+    metrics = {"R1@0.3": 26.98, "R1@0.5": 18.83, "R5@0.3": 53.56, "R5@0.5": 40.0,
+               "R10@0.3": 53.56, "R10@0.5": 40.0, "mIoU": 19.5, "num_queries": 3}
+    header = lambda windows: [c.strip() for c in format_metrics_table(metrics, windows=windows).splitlines()[1].split("|")[1:-1]]
+    assert header(5) == ["R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "mIoU"]  # R@10 would repeat R@5
+    assert header(6)[-3:] == ["R10@0.3", "R10@0.5", "mIoU"] and header(None) == header(6)
+    assert header(1) == ["R1@0.3", "R1@0.5", "mIoU"] and header(0) == header(1)  # R@1 always
+    assert informative_ks((10, 1, 5), 7) == [1, 5, 10] and informative_ks((1, 5, 10), 2) == [1, 5]
+    results = [{"video_id": "c", "query_id": "a_0", "segments": np.zeros((3, 2))},
+               {"video_id": "c", "query_id": "a_1", "predicted_times": [[0, 1]] * 7}, {"video_id": "c", "query_id": "a_2"}]
+    assert windows_per_query(results) == 7 and windows_per_query([]) == 0
 
 
 def test_table_exactly_with_a_title_and_a_nan():
