@@ -98,8 +98,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
     torchrun), files, metrics."""
     import torch
 
-    from libs.core.config import load_config
-    from libs.evaluation.build import evaluation_records
+    from libs.core.config import check_paths_exist, load_config, paths_read, resolve_config
     from libs.utils import comm
 
     if not os.path.isfile(args.checkpoint):
@@ -115,10 +114,10 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
         cfg = load_config(args.config, overrides=list(args.opt), mode=args.mode)
         if cfg["dataset"].get("test_jsonl_file"):
             overrides.append(f"dataset.val_jsonl_file={cfg['dataset']['test_jsonl_file']}")
-    cfg = load_config(args.config, overrides=overrides, mode=args.mode)
-    if evaluation_records(cfg) is None:
-        raise ConfigError(f"{args.config}: dataset.val_jsonl_file {cfg['dataset'].get('val_jsonl_file')!r} "
-                          "(the split to evaluate) not found")
+    cfg, sources = resolve_config(args.config, overrides=overrides, mode=args.mode)
+    if not cfg["dataset"].get("val_jsonl_file"):
+        raise ConfigError(f"{args.config}: dataset.val_jsonl_file (the split to evaluate) is not set")
+    check_paths_exist(cfg, sources, paths_read(cfg, training=False, with_ground_truth=args.split == "val"))
     # under torchrun each process evaluates a contiguous block of the split; rank 0 writes and scores
     device = comm.init_distributed()
     if args.device and comm.get_world_size() == 1:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 from typing import Any, Callable, Dict, List, Optional
@@ -114,20 +115,13 @@ def stop_on_sigterm(signum: int, frame: Any) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
+    """Config, path checks and the checkpoint to resume, then the run in its folder. A folder this
+    run created is removed again when the run fails before its first step (nothing of value in it)."""
     import torch
 
-    from libs.core.config import describe_config, load_config, resolve_config, save_config
-    from libs.datasets.datasets import make_train_loader
-    from libs.engine import hooks as H
-    from libs.engine.checkpoint import Checkpointer, is_snapshot, load_file
-    from libs.engine.trainer import SimpleTrainer, fix_random_seed, seed_per_rank, steps_in_epoch
-    from libs.engine.checkpoint import load_checkpoint
-    from libs.modeling.models import make_meta_arch
+    from libs.core.config import check_paths_exist, describe_config, paths_read, resolve_config
+    from libs.engine.checkpoint import load_file
     from libs.utils import comm
-    from libs.utils.ema import ModelEMA
-    from libs.utils.events import ConsoleWriter, JSONWriter, TensorboardWriter, setup_logging
-    from libs.utils.lr_schedule import make_scheduler
-    from libs.utils.optim import make_optimizer
 
     overrides = list(args.opt)
     if args.print_freq is not None:
@@ -137,7 +131,8 @@ def train(args: argparse.Namespace) -> None:
     if args.print_config:
         print(describe_config(*resolve_config(args.config, overrides=overrides, mode=args.mode)))
         return
-    cfg = load_config(args.config, overrides=overrides, mode=args.mode)
+    cfg, sources = resolve_config(args.config, overrides=overrides, mode=args.mode)
+    check_paths_exist(cfg, sources, paths_read(cfg, training=True))  # before anything is written
     if cfg["trainer"]["cpu_threads"] is not None:  # validated by load_config
         torch.set_num_threads(cfg["trainer"]["cpu_threads"])
     # read an explicit --resume file first: a damaged one must fail before anything is written
@@ -145,11 +140,46 @@ def train(args: argparse.Namespace) -> None:
     if args.resume and args.resume != "auto":
         resume_state = load_file(args.resume, trust=args.trust_checkpoint)
     device = comm.init_distributed()
-    rank, world_size = comm.get_rank(), comm.get_world_size()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
-    tcfg = cfg["trainer"]
-
     folder = run_folder(cfg, args.config, args.output)
+    fresh = comm.get_rank() == 0 and not os.path.exists(folder)
+    parts: dict = {}  # what train_in_folder built: the trainer (its step count) and the event writers
+    try:
+        train_in_folder(args, cfg, folder, device, resume_state, parts)
+    except BaseException:
+        if fresh and ("trainer" not in parts or parts["trainer"].iter == 0):
+            remove_run_folder(folder, parts.get("writers", []))
+        raise
+    finally:
+        comm.destroy_distributed()
+
+
+def remove_run_folder(folder: str, writers: list) -> None:
+    """Close the log file and the event writers' files in ``folder``, then remove it."""
+    from libs.utils.events import close_logging
+
+    for writer in writers:
+        writer.close()
+    close_logging()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def train_in_folder(args: argparse.Namespace, cfg: dict, folder: str, device: Any, resume_state: Optional[dict],
+                    parts: dict) -> None:
+    from libs.core.config import save_config
+    from libs.datasets.datasets import make_train_loader
+    from libs.engine import hooks as H
+    from libs.engine.checkpoint import Checkpointer, is_snapshot, load_checkpoint, load_file
+    from libs.engine.trainer import SimpleTrainer, fix_random_seed, seed_per_rank, steps_in_epoch
+    from libs.modeling.models import make_meta_arch
+    from libs.utils import comm
+    from libs.utils.ema import ModelEMA
+    from libs.utils.events import ConsoleWriter, JSONWriter, TensorboardWriter, setup_logging
+    from libs.utils.lr_schedule import make_scheduler
+    from libs.utils.optim import make_optimizer
+
+    rank, world_size = comm.get_rank(), comm.get_world_size()
+    tcfg = cfg["trainer"]
     if rank == 0:
         os.makedirs(folder, exist_ok=True)
         save_config(cfg, folder)
@@ -184,6 +214,7 @@ def train(args: argparse.Namespace) -> None:
         max_nonfinite_steps=tcfg["max_nonfinite_steps"], loader_generator=generator, config=cfg,
         criterion=model.criterion,
     )
+    parts["trainer"] = trainer
     max_epochs = tcfg["early_stop_epochs"] or (opt_cfg["epochs"] + (opt_cfg["warmup_epochs"] if opt_cfg["warmup"] else 0))
 
     checkpointer = Checkpointer(folder, keep_last=tcfg["keep_last"])
@@ -198,6 +229,7 @@ def train(args: argparse.Namespace) -> None:
             JSONWriter(os.path.join(folder, "metrics.jsonl")),
             TensorboardWriter(os.path.join(folder, "logs")),
         ]
+        parts["writers"] = writers
     trainer.register_hooks([
         H.IterationTimer(),
         H.LRScheduler(),
@@ -227,10 +259,7 @@ def train(args: argparse.Namespace) -> None:
             start_epoch = trainer.load_checkpoint_state(resume_state, source=args.resume)
         logger.info(f"resumed from {args.resume}: epoch {start_epoch}, step {trainer.iter}")
 
-    try:
-        trainer.train(start_epoch, max_epochs)
-    finally:
-        comm.destroy_distributed()
+    trainer.train(start_epoch, max_epochs)
     logger.info(f"training done; outputs in {folder}")
 
 

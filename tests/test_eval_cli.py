@@ -47,7 +47,7 @@ def test_scores_a_hand_made_file(tmp_path, capsys):
     assert metrics["mIoU"] == pytest.approx(60.0)
     assert metrics["num_queries"] == 2
     row = [c.strip() for c in printed.strip().splitlines()[-2].split("|")[1:-1]]
-    assert row == ["100.00", "50.00", "100.00", "100.00", "100.00", "100.00", "60.00"]
+    assert row == ["100.00", "50.00", "100.00", "100.00", "60.00"]  # R@10 would repeat R@5 (2 windows)
 
 
 def test_bad_file_is_one_line_on_stderr_exit_2(tmp_path):

@@ -282,9 +282,60 @@ def test_train_cli_bad_annotations_leave_no_checkpoint(tiny, tmp_path, capsys, q
                                           f"dataset.train_jsonl_file={bad}", f"output_folder={tmp_path}/runs"],
                          capsys)
     assert message == f"error: {bad}:2: duplicate query_id 'a1_0' (first on line 1)"
-    # the run folder holds the config and the log, no checkpoint, snapshot or temporary file
-    assert listing(tmp_path / "runs") == ["tiny_dup", "tiny_dup/config.txt", "tiny_dup/config.yaml",
-                                          "tiny_dup/train.log"]
+    # failed before its first step: the run folder it made (config, log, event files) is gone again
+    assert listing(tmp_path / "runs") == []
+
+
+def test_train_cli_failure_after_the_first_step_keeps_the_run_folder(tiny, tmp_path, capsys, quiet_train_logs,
+                                                                      monkeypatch):
+    from libs.engine.trainer import SimpleTrainer
+
+    real_step = SimpleTrainer.run_step
+
+    def fail_on_second_step(self):
+        if self.iter >= 1:
+            raise DataError("feature store went away")
+        return real_step(self)
+
+    monkeypatch.setattr(SimpleTrainer, "run_step", fail_on_second_step)
+    message = user_error(train_cli.main, [tiny["config"], "--output", "late", "--opt", f"output_folder={tmp_path}/runs"],
+                         capsys)
+    assert message == "error: feature store went away"
+    kept = listing(tmp_path / "runs")
+    assert {"tiny_late/config.yaml", "tiny_late/train.log"} <= set(kept)
+    assert "training stopped at epoch 0 step 1" in (tmp_path / "runs" / "tiny_late" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("key", ["train_jsonl_file", "video_feat_dir", "text_feat_dir", "val_jsonl_file",
+                                 "val_text_feat_dir", "json_file"])
+def test_train_cli_a_missing_path_it_would_read_fails_before_anything_is_written(tiny, tmp_path, capsys, key):
+    missing = str(tmp_path / "nope" / f"{key}.x")
+    argv = [tiny["config"], "--output", "p", "--opt", f"output_folder={tmp_path}/runs", f"dataset.{key}={missing}",
+            "trainer.eval_freq=1"]
+    message = user_error(train_cli.main, argv, capsys)
+    assert message.startswith(f"error: override: dataset.{key} = {missing!r} does not exist")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_paths_a_run_does_not_read_are_not_checked(tiny, tmp_path):
+    from libs.core.config import paths_read
+
+    cfg = load_config(tiny["config"])
+    assert paths_read(cfg, training=True) == ["train_jsonl_file", "video_feat_dir", "text_feat_dir"]  # eval_freq 0
+    cfg["trainer"]["eval_freq"] = 1
+    assert paths_read(cfg, training=True)[3:] == ["val_jsonl_file", "val_text_feat_dir", "json_file"]
+    cfg["dataset"]["val_jsonl_file"] = None  # validation switched off by leaving the split unset
+    assert paths_read(cfg, training=True) == ["train_jsonl_file", "video_feat_dir", "text_feat_dir"]
+    cfg["dataset"]["val_text_feat_dir"] = None
+    assert paths_read(cfg, training=False, with_ground_truth=False) == ["val_jsonl_file", "video_feat_dir", "text_feat_dir"]
+
+
+def test_eval_cli_a_missing_path_fails_with_the_file_that_set_it(tiny, tmp_path, capsys):
+    config = write_text(tmp_path / "mine.yaml", f"_base_: {tiny['config']}\ndataset:\n  json_file: gt_typo.json\n")
+    argv = eval_argv(tiny, tmp_path / "out")
+    message = user_error(eval_cli.main, [config] + argv[1:], capsys)
+    assert message.startswith(f"error: config file {config}: dataset.json_file = 'gt_typo.json' does not exist")
+    assert not (tmp_path / "out").exists()
 
 
 # ================================================================ features

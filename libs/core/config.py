@@ -19,7 +19,7 @@ import difflib
 import os
 import pprint
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -277,7 +277,7 @@ DEFAULTS: dict[str, Any] = {
 # they are accepted in a file (and overwritten)
 DERIVED_MODEL_KEYS = ("input_vid_dim", "input_txt_dim", "num_classes", "max_seq_len", "train_cfg", "test_cfg")
 
-# dataset keys that name files or folders (checked with ``check_paths=True``)
+# dataset keys that name files or folders (``check_paths=True`` checks them all; runs check ``paths_read``)
 PATH_KEYS = ("json_file", "train_jsonl_file", "val_jsonl_file", "video_feat_dir", "text_feat_dir",
              "val_text_feat_dir", "test_jsonl_file")
 
@@ -396,7 +396,7 @@ def resolve_config(path: str, overrides: list[str] | None = None, check_paths: b
         _note_sources(validated, DEFAULTS, (), source, sources)
         _check_derived(user, cfg, source)
     if check_paths:
-        _check_paths(cfg, path)
+        check_paths_exist(cfg, sources, PATH_KEYS)
     return _derive(cfg), sources
 
 
@@ -555,11 +555,31 @@ def _merge(dst: dict, src: dict) -> None:
             dst[key] = copy.deepcopy(value)
 
 
-def _check_paths(cfg: dict, source: str) -> None:
-    for key in PATH_KEYS:
+def paths_read(cfg: dict, training: bool, with_ground_truth: bool = True) -> list[str]:
+    """The dataset path keys a run reads: training reads its records, video store and text
+    features, and the evaluation split's as well when it validates (``trainer.eval_freq`` > 0 and
+    ``val_jsonl_file`` set); evaluation reads the split in ``val_jsonl_file``, its text features
+    (``val_text_feat_dir``, else ``text_feat_dir``) and, for recall, the official json ``json_file``."""
+    data = cfg["dataset"]
+    evaluation = ["val_jsonl_file", "video_feat_dir", "val_text_feat_dir" if data.get("val_text_feat_dir") else "text_feat_dir"]
+    if with_ground_truth:
+        evaluation.append("json_file")
+    if not training:
+        return evaluation
+    keys = ["train_jsonl_file", "video_feat_dir", "text_feat_dir"]
+    if cfg["trainer"]["eval_freq"] > 0 and data.get("val_jsonl_file"):
+        keys += [key for key in evaluation if key not in keys]
+    return keys
+
+
+def check_paths_exist(cfg: dict, sources: dict, keys: Sequence[str]) -> None:
+    """A ConfigError naming the file (or override) that set the first of ``keys`` whose path does
+    not exist; unset keys are not checked. ``sources`` as ``resolve_config`` returns them."""
+    for key in keys:
         value = cfg["dataset"].get(key)
         if value is not None and not os.path.exists(value):
-            raise ConfigError(f"config file {source}: dataset.{key} = {value!r} does not exist "
+            source = sources.get(("dataset", key), "the defaults")
+            raise ConfigError(f"{source}: dataset.{key} = {value!r} does not exist "
                               f"(relative paths are relative to {os.getcwd()})")
 
 

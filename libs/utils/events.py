@@ -28,9 +28,7 @@ def setup_logging(output_dir: Optional[str] = None, rank: int = 0, filename: str
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    close_logging()
     fmt = logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", datefmt="%m/%d %H:%M:%S")
     if rank > 0:
         fmt = logging.Formatter(f"[%(asctime)s %(levelname)s rank {rank}] %(message)s", datefmt="%m/%d %H:%M:%S")
@@ -44,6 +42,14 @@ def setup_logging(output_dir: Optional[str] = None, rank: int = 0, filename: str
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger
+
+
+def close_logging() -> None:
+    """Detach and close the ``groundnlq`` logger's handlers (its log file, before a folder is removed)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
 
 
 class HistoryBuffer:
