@@ -1,7 +1,7 @@
 """Ablation control: a copy of a text feature store whose features are permuted across query ids.
 
 A grounding model that really reads the question should lose most of its recall when trained and
-evaluated on shuffled text; the README reports both numbers for the demo. Usage:
+evaluated on shuffled text; docs/demo.md reports both numbers for the demo. Usage:
 
     python tools/shuffle_text_features.py data/demo/text_features.h5 data/demo/text_features_shuffled.h5
     python train.py configs/demo.yaml --output demo_shuffled \

@@ -68,7 +68,7 @@ VERB_AMPLITUDE = 0.4
 SCENE_AMPLITUDE = 0.5
 TOKEN_NOISE = 0.1
 # the shared direction of object-word tokens, in text features only (at 1.0 object tokens look
-# too much alike and learning was slower; single runs, see the README's demo section)
+# too much alike and learning was slower; single runs, see docs/demo.md)
 NOUN_AMPLITUDE = 0.5
 
 OBJECTS = (

@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo) against one process: the batch semantics the README states.
+"""Two CPU processes (gloo) against one process: the batch semantics docs/many_processes.md states.
 
 ``loader.batch_size`` is per process and the loss normaliser counts positives per process (as in
 the reference), so one process with batch B and ``init_loss_norm`` n is reproduced by N processes
