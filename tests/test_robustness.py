@@ -317,19 +317,6 @@ def test_train_cli_a_missing_path_it_would_read_fails_before_anything_is_written
     assert not (tmp_path / "runs").exists()
 
 
-def test_paths_a_run_does_not_read_are_not_checked(tiny, tmp_path):
-    from libs.core.config import paths_read
-
-    cfg = load_config(tiny["config"])
-    assert paths_read(cfg, training=True) == ["train_jsonl_file", "video_feat_dir", "text_feat_dir"]  # eval_freq 0
-    cfg["trainer"]["eval_freq"] = 1
-    assert paths_read(cfg, training=True)[3:] == ["val_jsonl_file", "val_text_feat_dir", "json_file"]
-    cfg["dataset"]["val_jsonl_file"] = None  # validation switched off by leaving the split unset
-    assert paths_read(cfg, training=True) == ["train_jsonl_file", "video_feat_dir", "text_feat_dir"]
-    cfg["dataset"]["val_text_feat_dir"] = None
-    assert paths_read(cfg, training=False, with_ground_truth=False) == ["val_jsonl_file", "video_feat_dir", "text_feat_dir"]
-
-
 def test_eval_cli_a_missing_path_fails_with_the_file_that_set_it(tiny, tmp_path, capsys):
     config = write_text(tmp_path / "mine.yaml", f"_base_: {tiny['config']}\ndataset:\n  json_file: gt_typo.json\n")
     argv = eval_argv(tiny, tmp_path / "out")

@@ -300,6 +300,35 @@ def test_check_paths(tmp_path, monkeypatch):
     assert load_config(path, check_paths=True)["dataset"]["train_jsonl_file"] == "ann.jsonl"
 
 
+def test_paths_read_are_the_keys_a_run_reads():
+    cfg = load_default_config()
+    cfg["dataset"].update(val_jsonl_file="val.jsonl", val_text_feat_dir="val_text.h5")
+    cfg["trainer"]["eval_freq"] = 0
+    train_only = ["train_jsonl_file", "video_feat_dir", "text_feat_dir"]
+    assert config_mod.paths_read(cfg, training=True) == train_only
+    cfg["trainer"]["eval_freq"] = 1  # validates: the evaluation split's keys too, each once
+    assert config_mod.paths_read(cfg, training=True) == train_only + ["val_jsonl_file", "val_text_feat_dir", "json_file"]
+    assert config_mod.paths_read(cfg, training=False) == ["val_jsonl_file", "video_feat_dir", "val_text_feat_dir",
+                                                          "json_file"]
+    assert config_mod.paths_read(cfg, training=False, with_ground_truth=False)[-1] == "val_text_feat_dir"
+    cfg["dataset"]["val_text_feat_dir"] = None  # evaluation falls back to the training text store
+    assert config_mod.paths_read(cfg, training=False) == ["val_jsonl_file", "video_feat_dir", "text_feat_dir", "json_file"]
+    cfg["dataset"]["val_jsonl_file"] = None  # no split to validate on: validation is off, nothing of it is read
+    assert config_mod.paths_read(cfg, training=True) == train_only
+
+
+def test_check_paths_exist_names_the_source_of_the_first_missing_path(tmp_path):
+    there = tmp_path / "there.jsonl"
+    there.write_text("")
+    cfg = {"dataset": {"train_jsonl_file": str(there), "json_file": None, "text_feat_dir": "nope.h5", "video_feat_dir": "gone"}}
+    config_mod.check_paths_exist(cfg, {}, ["train_jsonl_file", "json_file"])  # present or unset: fine
+    sources = {("dataset", "video_feat_dir"): "override"}
+    with pytest.raises(ConfigError, match="^" + re.escape("override: dataset.video_feat_dir = 'gone' does not exist")):
+        config_mod.check_paths_exist(cfg, sources, ["train_jsonl_file", "video_feat_dir", "text_feat_dir"])
+    with pytest.raises(ConfigError, match="^" + re.escape("the defaults: dataset.text_feat_dir = 'nope.h5' does not exist")):
+        config_mod.check_paths_exist(cfg, sources, ["text_feat_dir"])
+
+
 def test_a_config_in_utf8_loads_under_any_locale(tmp_path):
     """YAML files are UTF-8 (a comment in French, a Chinese path); an ASCII locale must not matter."""
     path = write_yaml(tmp_path, "# données du démonstrateur\ndataset:\n  json_file: 数据/nlq.json\n")
