@@ -7,7 +7,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 def shared_dir() -> str:
-    """The shared folder (spec, golden fixtures, real annotations): ``$GROUNDNLQ_SHARED`` or ``<repo>/../shared``."""
+    """The shared folder (the real Ego4D annotation files some tests read): ``$GROUNDNLQ_SHARED`` or ``<repo>/../shared``."""
     return os.environ.get("GROUNDNLQ_SHARED", os.path.join(os.path.dirname(REPO_ROOT), "shared"))
 
 
