@@ -27,7 +27,7 @@ from libs.core.errors import ConfigError
 
 from libs.utils.cli import run_command
 from libs.utils.io import save_json
-from libs.evaluation.metrics import evaluate_predictions, format_metrics_table, load_ground_truth, windows_per_query
+from libs.evaluation.metrics import load_ground_truth
 from libs.evaluation.submission import (
     SUBMISSION_TOP_K,
     make_submission,
@@ -65,10 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def report(metrics: dict, num_gt_queries: int, title: str, windows: int) -> None:
-    """The recall table; R@10 only where the results held more than 5 windows per query."""
-    print(f"Evaluated: {metrics['num_queries']} / {num_gt_queries} instances")
-    print(format_metrics_table(metrics, title=title, windows=windows), flush=True)
+def report(predictions: list, gt, title: str) -> dict:
+    """Official recall of ``predictions``, printed as the evaluator formats it (R@10 only where
+    more than 5 windows per query were kept); returns the metrics."""
+    from libs.evaluation.evaluator import RecallEvaluator
+
+    evaluator = RecallEvaluator(gt)
+    metrics = evaluator.evaluate(predictions)
+    print(evaluator.format(metrics, title=title), flush=True)
+    return metrics
 
 
 def score_file(args: argparse.Namespace) -> dict:
@@ -76,9 +81,7 @@ def score_file(args: argparse.Namespace) -> dict:
     if not args.gt_file:
         raise ConfigError("--pred-file needs --gt-file (the official NLQ json of the split)")
     gt = load_ground_truth(args.gt_file)
-    predictions = read_prediction_file(args.pred_file, gt)
-    metrics = evaluate_predictions(predictions, gt)
-    report(metrics, gt.num_gt_queries, title=os.path.basename(args.pred_file), windows=windows_per_query(predictions))
+    metrics = report(read_prediction_file(args.pred_file, gt), gt, title=os.path.basename(args.pred_file))
     if args.json_out:
         save_json({"pred_file": args.pred_file, "gt_file": args.gt_file, **metrics}, args.json_out, indent=2)
     return metrics
@@ -131,7 +134,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
 def _evaluate_on(args: argparse.Namespace, cfg: dict, device) -> dict | None:
     from libs.engine.checkpoint import load_checkpoint
     from libs.evaluation.build import build_evaluation
-    from libs.evaluation.evaluator import RecallEvaluator, gather_results, inference_on_dataset
+    from libs.evaluation.evaluator import gather_results, inference_on_dataset
     from libs.modeling.models import make_meta_arch
     from libs.utils import comm
 
@@ -159,10 +162,7 @@ def _evaluate_on(args: argparse.Namespace, cfg: dict, device) -> dict | None:
         return None
 
     gt = split.ground_truth
-    evaluator = RecallEvaluator(gt)
-    metrics = evaluator.evaluate(results)
-    report(metrics, gt.num_gt_queries, title=f"{tag} ({'EMA' if args.ema else 'raw'} weights)",
-           windows=windows_per_query(results))
+    metrics = report(results, gt, title=f"{tag} ({'EMA' if args.ema else 'raw'} weights)")
     metrics_path = args.json_out or os.path.join(out_dir, f"{tag}_metrics.json")
     save_json({"checkpoint": os.path.abspath(args.checkpoint), "split": args.split, "ema": args.ema,
                "gt_file": gt.source, **metrics}, metrics_path, indent=2)

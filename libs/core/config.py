@@ -387,7 +387,8 @@ def resolve_config(path: str, overrides: list[str] | None = None, check_paths: b
     sources: dict = {}
     layers = [(f"config file {file}", user) for file, user in config_files(path)]
     if mode:
-        layers.append((f"config file {mode_path(mode)}", _read_yaml(mode_path(mode))))
+        mode_file = mode_path(mode)
+        layers.append((f"config file {mode_file}", _read_yaml(mode_file)))
     if overrides:
         layers.append(("override", parse_overrides(overrides)))
     for source, user in layers:

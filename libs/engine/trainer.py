@@ -53,8 +53,9 @@ def fix_random_seed(seed: int, deterministic: bool = True) -> torch.Generator:
     """Seed Python, NumPy and torch (CPU and CUDA) as the reference's ``fix_random_seed``.
 
     ``deterministic`` (``trainer.deterministic``) selects deterministic cuDNN/cuBLAS kernels
-    (warn-only where none exists); False lets cuDNN benchmark and pick the fastest ones. Returns a fresh generator seeded with ``seed``, for the training loader's shuffling
-    and worker seeds (the reference returned the global one).
+    (warn-only where none exists); False lets cuDNN benchmark and pick the fastest ones. Returns a
+    fresh generator seeded with ``seed``, for the training loader's shuffling and worker seeds (the
+    reference returned the global one).
     """
     random.seed(seed)
     np.random.seed(seed)
@@ -168,7 +169,7 @@ class TrainerBase:
         logger.info(f"Starting training from epoch {start_epoch} (step {self.iter}) to epoch {max_epochs - 1}")
         with EventStorage(self.iter) as self.storage:
             self._call("before_train")
-            stopped_by: Optional[BaseException] = None
+            self.stopped_by = None
             try:
                 for self.epoch in range(start_epoch, max_epochs):
                     self.begin_epoch()
@@ -185,14 +186,14 @@ class TrainerBase:
                     self._call("after_epoch")
                     self.inner_iter = 0
             except BaseException as exc:
-                stopped_by = self.stopped_by = exc
+                self.stopped_by = exc
                 raise
             finally:
                 try:
                     self._call("after_train")
                 finally:  # even if a hook fails too (or a second signal comes): the log's last
-                    if stopped_by is not None:  # line says the run did not finish, and why
-                        reason = f"{type(stopped_by).__name__}: {stopped_by}".strip().rstrip(":")
+                    if self.stopped_by is not None:  # line says the run did not finish, and why
+                        reason = f"{type(self.stopped_by).__name__}: {self.stopped_by}".strip().rstrip(":")
                         logger.error(f"training stopped at epoch {self.epoch} step {self.iter}: "
                                      f"{reason.splitlines()[0]}")
 

@@ -120,11 +120,12 @@ class RecallEvaluator:
         self._windows = windows_per_query(results)
         return metrics
 
-    def format(self, metrics: dict) -> str:
-        """Printable summary: evaluated count and the ASCII table (without R@K's that only repeat
-        the K before, given the windows per query of the last ``evaluate``)."""
+    def format(self, metrics: dict, title: str | None = None) -> str:
+        """Printable summary: evaluated count, then ``title`` and the ASCII table (without R@K's
+        that only repeat the K before, given the windows per query of the last ``evaluate``)."""
         header = f"Evaluated: {metrics['num_queries']} / {self.gt.num_gt_queries} instances"
-        return header + "\n" + format_metrics_table(metrics, self.ks, self.thresholds, windows=self._windows)
+        return header + "\n" + format_metrics_table(metrics, self.ks, self.thresholds, title=title,
+                                                     windows=self._windows)
 
 
 class ReferringRecall(RecallEvaluator):
