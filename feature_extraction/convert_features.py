@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from feature_extraction.store_append import VIDEO_FIELD, resolve_kind  # noqa: E402
+from libs.datasets.store_append import VIDEO_FIELD, resolve_kind  # noqa: E402
 from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.feature_store import copy_store, open_store  # noqa: E402
 

@@ -11,7 +11,7 @@ from feature_extraction import concat_features, convert_features, extract_text_f
 from feature_extraction.concat_features import concat_channels, concat_stores
 from feature_extraction.convert_features import convert_store
 from feature_extraction.extract_text_features import load_queries
-from feature_extraction.store_append import append_arrays, stored_ids
+from libs.datasets.store_append import append_arrays, stored_ids
 from libs.core.errors import ConfigError, DataError
 from libs.datasets.feature_store import open_store, write_store
 

@@ -166,6 +166,24 @@ def vision_model_from_openai(state: Dict[str, Any], path: str = "CLIP weights") 
     return model.float().eval()
 
 
+def vit_b32_vision_model(seed: int) -> Any:
+    """CLIP ViT-B/32's image tower with seeded random weights (``transformers``' initialisation):
+    the real architecture, offline, for demos and tests. The global RNG is left as it was."""
+    import torch
+
+    try:
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    except ImportError as e:
+        raise _missing("transformers") from e
+    config = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                              num_attention_heads=12, image_size=224, patch_size=32, projection_dim=512,
+                              hidden_act="quick_gelu", layer_norm_eps=1e-5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPVisionModelWithProjection(config)
+    return model.float().eval()
+
+
 def _bytes_to_unicode() -> Dict[int, str]:
     """GPT-2's reversible byte -> printable character table, in its order (the first 256 ids)."""
     printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))

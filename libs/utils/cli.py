@@ -27,12 +27,13 @@ def one_line_message(err: BaseException) -> str:
 
 
 def run_command(body: Callable[[], object], debug: bool = False) -> int:
-    """Run a tool's body and return its exit status (0, or 2 after printing a user error)."""
+    """Run a tool's body and return its exit status: the int the body returns (0 if it returns
+    anything else), or 2 after printing a user error."""
     try:
-        body()
+        result = body()
     except GroundNLQError as err:
         if debug:
             raise
         print(f"error: {one_line_message(err)}", file=sys.stderr)
         return USER_ERROR_EXIT_CODE
-    return 0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
