@@ -7,6 +7,11 @@ text encoder its text features were made with, and a clip (an id in a feature st
     g = Grounder.from_checkpoint("configs/demo_worded.yaml", "ckpt/.../model_best.pth.tar")
     answer = g.ground(clip_uid, "where did I put the scissors?", top_k=5)
     answers = g.ground_many(clip_uid, ["where is my phone?", "did I leave the pan open?"])
+    answers = g.ground_video("my_video.mp4", ["when did I see the red circle?"])
+
+``ground_video`` extracts the file's features with the backbone that made the training features
+(``dataset.video_backbone``) on the config's feature grid, caches them (``libs.video.cache``), and
+grounds the questions in them; windows are clamped to the decoded video's length.
 
 The text encoder must be the one that made the training text features, so it is read from the
 config (``dataset.text_encoder``); a different name, or a width that is not the model's
@@ -17,9 +22,10 @@ on the batch).
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,6 +37,7 @@ from libs.datasets.text_encoders import TextEncoder, make_text_encoder
 from libs.evaluation.postprocess import results_of_heads
 from libs.engine.checkpoint import load_checkpoint
 from libs.modeling.models import make_meta_arch
+from libs.video.backbones import VideoBackbone, make_video_backbone
 
 ClipInput = Union[str, np.ndarray, torch.Tensor]
 DEFAULT_TOP_K = 5
@@ -120,11 +127,15 @@ class Grounder:
         video_store: where clip ids are looked up (path or open ``FeatureStore``); None = only
             feature arrays can be grounded.
         question_batch: questions per forward pass in ``ground_many``.
+        video_backbone: the ``libs.video`` backbone of the training features (its ``dim`` must be
+            the model's ``input_vid_dim``), or a function that builds it on first use, for
+            ``ground_video``; None = video files cannot be grounded.
     """
 
     def __init__(self, model: torch.nn.Module, text_encoder: TextEncoder, *, fps: float, feat_stride: float,
                  num_frames: float, video_store: Union[None, str, FeatureStore] = None,
-                 question_batch: int = DEFAULT_QUESTION_BATCH) -> None:
+                 question_batch: int = DEFAULT_QUESTION_BATCH,
+                 video_backbone: Union[None, VideoBackbone, Callable[[], VideoBackbone]] = None) -> None:
         if text_encoder.dim != model.input_txt_dim:
             raise ConfigError(f"text encoder {text_encoder.name!r} gives {text_encoder.dim}-d token features, "
                               f"but the model expects input_txt_dim {model.input_txt_dim}: it was trained "
@@ -139,6 +150,9 @@ class Grounder:
         self.fps, self.feat_stride, self.num_frames = float(fps), float(feat_stride), float(num_frames)
         self.question_batch = int(question_batch)
         self._video_store = open_store(video_store) if isinstance(video_store, str) else video_store
+        self._video_backbone = video_backbone
+        if isinstance(video_backbone, VideoBackbone):
+            self._backbone()  # checks its width now
 
     @classmethod
     def from_checkpoint(cls, config: Union[str, Mapping[str, Any]], checkpoint: str,
@@ -146,6 +160,7 @@ class Grounder:
                         video_store: Union[None, str, FeatureStore] = None, use_ema: bool = False,
                         device: Optional[str] = None, overrides: Optional[List[str]] = None,
                         encoder_options: Optional[Dict[str, Any]] = None,
+                        backbone_options: Optional[Dict[str, Any]] = None,
                         question_batch: int = DEFAULT_QUESTION_BATCH) -> "Grounder":
         """Build the model of ``config`` (a path, or a dict from ``load_config``), load ``checkpoint``,
         make the text encoder.
@@ -153,6 +168,8 @@ class Grounder:
         ``text_encoder``: None = the config's ``dataset.text_encoder``; a name or an encoder must
         agree with it. ``encoder_options`` go to ``make_text_encoder`` (e.g. CLIP's
         ``weights_path``). ``video_store`` overrides ``dataset.video_feat_dir`` for clip ids.
+        ``backbone_options`` go to ``make_video_backbone`` for the config's ``dataset.video_backbone``
+        (built on the first ``ground_video``).
         ``device``: None = CUDA when available.
         """
         if isinstance(config, str):
@@ -172,8 +189,12 @@ class Grounder:
             if video_store is not None:
                 raise DataError(f"video feature store {store} does not exist")
             store = None  # the config's store is missing: arrays still work, ids raise on use
+        backbone = dataset_cfg.get("video_backbone")
+        build_backbone = (functools.partial(make_video_backbone, backbone, device=device, **(backbone_options or {}))
+                          if backbone else None)
         return cls(model, encoder, fps=dataset_cfg["default_fps"], feat_stride=dataset_cfg["feat_stride"],
-                   num_frames=dataset_cfg["num_frames"], video_store=store, question_batch=question_batch)
+                   num_frames=dataset_cfg["num_frames"], video_store=store, question_batch=question_batch,
+                   video_backbone=build_backbone)
 
     # ------------------------------------------------------------------ inputs
     def clip_features(self, clip: ClipInput) -> Tuple[str, torch.Tensor]:
@@ -200,6 +221,38 @@ class Grounder:
         if not torch.isfinite(feats).all():
             raise DataError(f"clip {name!r}: video features contain NaN or Inf")
         return name, feats.t().contiguous()  # (C_v, T)
+
+    def _backbone(self) -> VideoBackbone:
+        """The video backbone of the training features (built on first use), width checked."""
+        if self._video_backbone is None:
+            raise ConfigError("the config does not name the video backbone its features came from "
+                              "(dataset.video_backbone), so video files cannot be grounded here; extract "
+                              "features with that backbone (feature_extraction/extract_video_features.py) "
+                              "and pass them instead")
+        if not isinstance(self._video_backbone, VideoBackbone):
+            self._video_backbone = self._video_backbone()
+        backbone = self._video_backbone
+        if backbone.dim != self.model.input_vid_dim:
+            raise ConfigError(f"video backbone {backbone.name!r} gives {backbone.dim}-d features, but the model "
+                              f"expects input_vid_dim {self.model.input_vid_dim}: it was trained on another "
+                              f"backbone's features")
+        return backbone
+
+    def video_features(self, path: str, cache_dir: Optional[str] = None,
+                       progress: bool = True) -> Tuple[np.ndarray, float]:
+        """``((T, C_v) features, duration s)`` of a video file on this model's grid (cached)."""
+        from libs.video.cache import cached_features
+        from libs.video.grid import FeatureGrid
+
+        grid = FeatureGrid(fps=self.fps, feat_stride=self.feat_stride, num_frames=self.num_frames)
+        return cached_features(path, self._backbone(), grid, cache_dir=cache_dir, progress=progress)
+
+    def ground_video(self, path: str, questions: Sequence[str], top_k: int = DEFAULT_TOP_K,
+                     cache_dir: Optional[str] = None, progress: bool = True) -> List[Answer]:
+        """``ground_many`` on a video file: its features extracted (or read from the cache) first."""
+        features, duration = self.video_features(path, cache_dir=cache_dir, progress=progress)
+        name = os.path.splitext(os.path.basename(path))[0]
+        return self.ground_many(features, questions, top_k=top_k, duration=duration, clip_name=name)
 
     def default_duration(self, num_feats: int) -> float:
         """Length in seconds covered by ``num_feats`` features (windows are clamped to it)."""

@@ -4,12 +4,18 @@
     python tools/ground.py CONFIG CHECKPOINT --clip CLIP_ID --query "where did I put the scissors?"
                            [--query ...] [--features PATH] [--top-k 5] [--ema] [--device DEV]
                            [--clip-weights ViT-B-32.pt] [--plot OUT.png] [--json OUT.json] [--debug]
+    python tools/ground.py CONFIG CHECKPOINT --video my_video.mp4 --query "when did I see the red circle?"
 
 The clip is looked up in the config's video store (``dataset.video_feat_dir``) or in ``--features``:
 another feature store (HDF5 / LMDB / folder) holding CLIP_ID, or one clip's ``(T, C)`` features in a
 ``.npy`` / ``.pt`` file (``--clip`` then only names it). Questions are encoded with the text encoder
 named in the config (``dataset.text_encoder``; CLIP needs ``--clip-weights``). ``--plot`` draws each
 question's timeline (``libs.evaluation.visualize``; one PNG per question when there are several).
+
+``--video`` grounds the questions in a video file: its features are extracted with the backbone
+named in the config (``dataset.video_backbone``; CLIP's image tower reads ``--clip-weights`` too)
+on the config's feature grid, and cached by the file's content (``--cache-dir``, default
+``~/.cache/groundnlq/video_features``), so a second question about the same file starts at once.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("config", help="config file the model was trained with (YAML)")
     parser.add_argument("checkpoint", help="checkpoint file")
     parser.add_argument("--clip", default=None, help="clip id (clip_uid) in the video feature store")
+    parser.add_argument("--video", default=None, metavar="FILE", help="a video file (any format FFmpeg reads)")
+    parser.add_argument("--cache-dir", default=None, help="where --video features are cached")
     parser.add_argument("--query", action="append", required=True, help="a question (repeat for several)")
     parser.add_argument("--features", default=None, metavar="PATH",
                         help="video feature store holding the clip, or one clip's .npy/.pt (T, C) features")
@@ -84,22 +92,31 @@ def draw_timelines(answers, out: str, top_k: int) -> List[str]:
 
 
 def run(args: argparse.Namespace) -> list:
+    from libs.core.config import load_config
     from libs.predict import Grounder, load_features_file
 
+    if args.video and (args.clip or args.features):
+        raise ConfigError("give either --video or --clip/--features, not both")
     clip = args.clip
     video_store = None
     if args.features and args.features.lower().endswith((".npy", ".pt", ".pth")):
         clip = load_features_file(args.features)
     elif args.features:
         video_store = args.features
-    if clip is None:
-        raise ConfigError("expected --clip CLIP_ID (or --features FILE.npy|.pt with one clip's features)")
-    encoder_options = {"weights_path": args.clip_weights} if args.clip_weights else {}
-    grounder = Grounder.from_checkpoint(args.config, args.checkpoint, video_store=video_store, use_ema=args.ema,
-                                        device=args.device, overrides=list(args.opt),
-                                        encoder_options=encoder_options)
-    name = args.clip or os.path.splitext(os.path.basename(args.features))[0]
-    answers = grounder.ground_many(clip, args.query, top_k=args.top_k, clip_name=name)
+    if clip is None and not args.video:
+        raise ConfigError("expected --clip CLIP_ID, --features FILE.npy|.pt with one clip's features, "
+                          "or --video FILE")
+    cfg = load_config(args.config, overrides=list(args.opt))
+    weights = {"weights_path": args.clip_weights} if args.clip_weights else {}
+    grounder = Grounder.from_checkpoint(cfg, args.checkpoint, video_store=video_store, use_ema=args.ema,
+                                        device=args.device, encoder_options=weights,
+                                        backbone_options=weights if cfg["dataset"]["video_backbone"] == "clip" else {})
+    if args.video:
+        answers = grounder.ground_video(args.video, args.query, top_k=args.top_k, cache_dir=args.cache_dir)
+        name = answers[0].clip
+    else:
+        name = args.clip or os.path.splitext(os.path.basename(args.features))[0]
+        answers = grounder.ground_many(clip, args.query, top_k=args.top_k, clip_name=name)
     print(f"clip {name} ({answers[0].duration:.1f} s)")
     for i, answer in enumerate(answers, start=1):
         print(format_answer(answer, i))

@@ -79,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
         # (ours) text encoder that made the text features ("minilm" | "clip" | None = unknown);
         # the predictor uses it to encode new questions the same way
         "text_encoder": None,
+        # (ours) video backbone that made the video features (a libs.video registry name, e.g.
+        # "clip", "thumbnail"; None = unknown); tools/ground.py --video extracts features with it
+        "video_backbone": None,
         # (ours) accepted for the reference's scratch/star configs and ignored (ActionFormer cropping)
         "trunc_thresh": None,
         "crop_ratio": None,
@@ -305,6 +308,7 @@ _OPTIONAL_VALUES: dict[tuple[str, ...], tuple[Any, str]] = {
         "text_feat_dir", "val_text_feat_dir")},
     ("dataset", "default_fps"): (_is_number, "a number"),
     ("dataset", "text_encoder"): (lambda value: isinstance(value, str), "a str"),
+    ("dataset", "video_backbone"): (lambda value: isinstance(value, str), "a str"),
     ("dataset", "trunc_thresh"): (_is_number, "a number"),
     ("dataset", "crop_ratio"): (lambda value: isinstance(value, list), "a list"),
     ("test_cfg", "ext_score_file"): _PATH,

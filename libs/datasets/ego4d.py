@@ -97,10 +97,10 @@ class Ego4dDataset(Dataset):
                  max_seq_len: int = 2560, input_txt_dim: int = 512, input_vid_dim: int = 2304,
                  num_classes: int = 1, enable_temporal_jittering: bool = False,
                  feature_cache_mb: int = 0, long_clip_policy: str = "crop",
-                 text_encoder: Optional[str] = None, test_jsonl_file: Optional[str] = None,
-                 trunc_thresh: Any = None, crop_ratio: Any = None) -> None:
+                 text_encoder: Optional[str] = None, video_backbone: Optional[str] = None,
+                 test_jsonl_file: Optional[str] = None, trunc_thresh: Any = None, crop_ratio: Any = None) -> None:
         del trunc_thresh, crop_ratio  # accepted for the shipped configs; the reference ignores them too
-        del text_encoder  # read by the predictor; the stored text features are already encoded
+        del text_encoder, video_backbone  # read by the predictor; the stored features are already made
         del test_jsonl_file  # eval.py --split test swaps it into val_jsonl_file
         if default_fps is None or default_fps <= 0:
             raise ConfigError(f"dataset.default_fps must be a positive frame rate, got {default_fps!r}")

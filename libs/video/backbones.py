@@ -106,6 +106,34 @@ class ClipImageBackbone(VideoBackbone):
         return embeds.float().view(n, f, -1).mean(dim=1)          # (N, dim)
 
 
+@VIDEO_BACKBONES.register("thumbnail")
+class ThumbnailBackbone(VideoBackbone):
+    """Each window's frames averaged and area-scaled to ``size x size`` RGB, in [-1, 1]
+    (``3 * size^2`` numbers: the colour layout of what was in view).
+
+    The pixel demo's backbone: no weights, deterministic, thousands of frames per second on a
+    CPU, and what the demo's questions ask (which coloured object was in view) lies in the colour
+    layout. It is no substitute for a learned backbone on real video.
+    """
+
+    name = "thumbnail"
+
+    def __init__(self, size: int = 8, device: str = "cpu") -> None:
+        super().__init__(device=device)
+        if int(size) < 1:
+            raise ConfigError(f"thumbnail backbone: size must be >= 1, got {size!r}")
+        self.frame_size = int(size)
+        self.dim = 3 * self.frame_size ** 2
+
+    def identity(self) -> str:
+        return f"thumbnail:{self.frame_size}"
+
+    @torch.no_grad()
+    def encode(self, windows: torch.Tensor) -> torch.Tensor:
+        mean = windows.to(self.device).float().mean(dim=1)  # (N, S, S, 3)
+        return (mean / 127.5 - 1.0).permute(0, 3, 1, 2).reshape(windows.shape[0], -1)  # channel-major
+
+
 def make_video_backbone(name: str, **options: Any) -> VideoBackbone:
     """Build a registered video backbone (``"clip"``, ...) with its options."""
     if name not in VIDEO_BACKBONES:

@@ -12,48 +12,18 @@ import torch
 
 from libs.core.errors import ConfigError
 from libs.datasets.feature_store import open_store
-from libs.video.backbones import VIDEO_BACKBONES, VideoBackbone, make_video_backbone
+from libs.video.backbones import make_video_backbone
 from libs.video.decode import VideoError, VideoWindows, probe
 from libs.video.extract import extract_features, extract_to_store, sidecar_path
 from libs.video.grid import FeatureGrid
 from tests.conftest import ROOT
 from tests.tiny_clip import tiny_openai_clip_state_dict
+from tests.video_files import MeanRGB, write_video
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("av") is None,
                                 reason="video extra not installed (pip install -e .[video])")
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
-
-
-def write_video(path, colours, fps, size=(48, 32), codec="ffv1"):
-    """One frame per entry of ``colours`` (an RGB triple each), at ``fps`` frames per second."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv444p" if codec == "ffv1" else "yuv420p"
-        for colour in colours:
-            frame = np.empty((size[1], size[0], 3), np.uint8)
-            frame[:] = colour
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return str(path)
-
-
-if "mean_rgb" not in VIDEO_BACKBONES:
-    @VIDEO_BACKBONES.register("mean_rgb")
-    class MeanRGB(VideoBackbone):
-        """A user's backbone: the mean colour of each window, in [0, 1] (counts its calls)."""
-
-        name, frame_size, dim = "mean_rgb", 8, 3
-        calls = 0
-
-        def encode(self, windows):
-            MeanRGB.calls += windows.shape[0]
-            return windows.float().mean(dim=(1, 2, 3)) / 255.0
 
 
 def blue_fraction_by_rule(grid, index, file_fps, change_frame):
@@ -173,10 +143,10 @@ def test_interrupted_run_resumes_without_recomputing(tmp_path):
         extract_to_store([str(videos)], dst, backbone, grid, progress=False)
     assert sorted(read_store(dst)) == ["a"]
     backbone.encode = original
-    before = type(backbone).calls
+    before = MeanRGB.calls
     summary = extract_to_store([str(videos)], dst, backbone, grid, progress=False)
     assert summary.already_present == ["a"] and summary.written == ["b", "c"]
-    assert type(backbone).calls - before == 2 * grid.num_features(2.0)  # b and c only
+    assert MeanRGB.calls - before == 2 * grid.num_features(2.0)  # b and c only
     stored = read_store(dst)
     assert sorted(stored) == ["a", "b", "c"]
     np.testing.assert_allclose(stored["a"], np.tile([1.0, 0, 0], (5, 1)), atol=0.02)
