@@ -142,7 +142,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["libs", "libs.*"]),
-    package_data={"libs.modeling": ["assets/*"]},  # CLIP's BPE vocabulary
+    package_data={"libs.datasets": ["assets/*"]},  # CLIP's BPE vocabulary
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": [

@@ -14,7 +14,8 @@ question can only pick one of the objects at random; one that reads the colour w
 window.
 
 Files under ``out_dir``: ``videos/``, the official json (``nlq_train.json``, ``nlq_val.json``),
-the converted jsonl records, and ``demo_meta.json``. Deterministic for a seed (same bytes on a
+the converted jsonl records, ``demo_meta.json``, and ``example.mp4``, one more video in no split,
+with ``example.json`` saying what it shows when: the video to ask your own questions about. Deterministic for a seed (same bytes on a
 machine; the encoder's output may differ in the last bits across FFmpeg builds).
 """
 from __future__ import annotations
@@ -40,10 +41,11 @@ EDGE_RANGE = (1.0, 4.0)     # background before the first and after the last obj
 OBJECT_RADIUS = (13, 19)    # px
 PAN_SPEED = 3.0             # background pan, px per second
 VIDEO_DIR = "videos"
+EXAMPLE_VIDEO, EXAMPLE_CONTENTS = "example.mp4", "example.json"
 SPLITS = ("train", "val")
 COLOURS = {
     "red": (215, 35, 35), "green": (35, 170, 60), "blue": (40, 70, 225), "yellow": (240, 215, 30),
-    "purple": (135, 50, 175), "orange": (245, 135, 20), "white": (250, 250, 250), "black": (15, 15, 15),
+    "pink": (245, 120, 190), "orange": (245, 135, 20), "white": (250, 250, 250), "black": (15, 15, 15),
 }
 SHAPES = ("circle", "square", "triangle")
 TEMPLATES = (
@@ -70,10 +72,12 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return np.clip(grey[:, :, None] + tint[None, None, :], 0, 255)
 
 
+_PIXEL_Y, _PIXEL_X = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5  # pixel centres
+
+
 def _shape_mask(shape: str, cx: float, cy: float, radius: float) -> np.ndarray:
     """``(SIZE, SIZE)`` bool: pixels inside the shape centred at (cx, cy)."""
-    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
-    dx, dy = x - cx, y - cy
+    dx, dy = _PIXEL_X - cx, _PIXEL_Y - cy
     if shape == "circle":
         return dx * dx + dy * dy <= radius * radius
     if shape == "square":
@@ -151,6 +155,20 @@ def _statistics(records_by_split: Dict[str, List[dict]]) -> Dict[str, Any]:
             "median_window_sec": float(np.median(windows))}
 
 
+def render_example(out_dir: str, seed: int = 0) -> List[Dict[str, Any]]:
+    """``example.mp4`` (a video of no split) and ``example.json``: its objects, in order of
+    appearance, each with the seconds it is in view."""
+    rng = np.random.default_rng([seed, 99])
+    duration, objects = _plan_video(rng)
+    path = os.path.join(out_dir, EXAMPLE_VIDEO)
+    if not os.path.exists(path):
+        write_mp4(path, _frames(np.random.default_rng(int(rng.integers(2**31))), duration, objects))
+    contents = [{"object": f"{obj['colour']} {obj['shape']}", "in_view_s": list(obj["window"])} for obj in objects]
+    save_json({"video": EXAMPLE_VIDEO, "duration_s": duration, "objects": contents},
+              os.path.join(out_dir, EXAMPLE_CONTENTS), indent=1)
+    return contents
+
+
 def render_video_demo(out_dir: str, seed: int = 0, num_train_videos: int = 200, num_val_videos: int = 40,
                       progress: bool = True) -> Dict[str, Any]:
     """Render the videos and write the annotations under ``out_dir``; returns the meta record.
@@ -189,6 +207,7 @@ def render_video_demo(out_dir: str, seed: int = 0, num_train_videos: int = 200, 
             records, _ = official_to_records(data, split, source=OFFICIAL_SPLIT_FILES[split])
             write_jsonl(records, os.path.join(out_dir, JSONL_FILES[split]))
             records_by_split[split] = records
+    render_example(out_dir, seed)
     meta = {"seed": seed, "variant": "pixels", "num_videos": counts, "size": SIZE, "file_fps": FILE_FPS,
             "objects_per_video": OBJECTS_PER_VIDEO, "queries_per_video": QUERIES_PER_VIDEO,
             "files": {"official": {s: OFFICIAL_SPLIT_FILES[s] for s in SPLITS},

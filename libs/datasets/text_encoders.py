@@ -26,7 +26,7 @@ import numpy as np
 
 from libs.core.errors import ConfigError, DataError, GroundNLQError
 from libs.core.registry import Registry
-from libs.modeling import openai_clip
+from libs.datasets import openai_clip
 
 TEXT_ENCODERS = Registry("text encoder")
 
@@ -161,7 +161,7 @@ class ClipEncoder(TextEncoder):
 
     Per text: ``[SOT] w_1 .. w_n [EOT]``, the causal transformer, ``ln_final``; keep
     ``w_1 .. w_n`` (no ``text_projection``). Run by ``transformers``' CLIP classes on OpenAI's
-    weights file (``libs.modeling.openai_clip``). The causal mask makes every kept token
+    weights file (``libs.datasets.openai_clip``). The causal mask makes every kept token
     independent of what follows, so batching is exact. Computed in float32 (the reference ran
     CLIP in float16 on the GPU: expect differences around 1e-3).
     """

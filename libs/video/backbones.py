@@ -23,7 +23,7 @@ import torch
 
 from libs.core.errors import ConfigError
 from libs.core.registry import Registry
-from libs.modeling import openai_clip
+from libs.datasets import openai_clip
 
 VIDEO_BACKBONES = Registry("video backbone")
 
@@ -66,7 +66,7 @@ class ClipImageBackbone(VideoBackbone):
     """CLIP's ViT image tower on every frame, ``image_embeds`` averaged over the window's frames.
 
     ``weights_path``: OpenAI's CLIP file (``ViT-B-32.pt``, read locally, never downloaded), run
-    by ``transformers`` (``libs.modeling.openai_clip``). ``random_init_seed`` instead builds the
+    by ``transformers`` (``libs.datasets.openai_clip``). ``random_init_seed`` instead builds the
     ViT-B/32 architecture with seeded random weights: the same features on every machine,
     offline, for demos and tests (not meaningful image features). Frames are scaled by area
     averaging (OpenAI uses bicubic resampling), then normalised with CLIP's mean and std.

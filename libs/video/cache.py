@@ -18,7 +18,7 @@ import numpy as np
 
 from libs.utils.io import atomic_open
 from libs.video.backbones import VideoBackbone, file_fingerprint
-from libs.video.decode import VideoError
+from libs.video.decode import VideoError, probe
 from libs.video.extract import DEFAULT_BATCH_SIZE, extract_features
 from libs.video.grid import FeatureGrid
 
@@ -49,7 +49,9 @@ def cached_features(path: str, backbone: VideoBackbone, grid: FeatureGrid, cache
             return stored["features"], float(stored["duration"])
     from tqdm import tqdm
 
-    with tqdm(unit="frame", unit_scale=True, desc=os.path.basename(path), disable=not progress) as bar:
+    duration = probe(path).duration
+    total = grid.num_grid_frames(duration) if duration else None
+    with tqdm(total=total, unit="frame", unit_scale=True, desc=os.path.basename(path), disable=not progress) as bar:
         features, duration = extract_features(path, backbone, grid, batch_size, amp, progress=bar)
     with atomic_open(entry, "wb") as f:
         np.savez(f, features=features, duration=np.float64(duration))

@@ -78,7 +78,9 @@ def _open(path: str) -> Tuple[Any, Any]:
         kinds = sorted({s.type for s in container.streams}) or ["none"]
         container.close()
         raise VideoError(f"{path}: has no video stream (streams: {', '.join(kinds)})")
-    return container, container.streams.video[0]
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # FFmpeg's frame and slice threads: decoding overlaps the backbone
+    return container, stream
 
 
 def _info(path: str, container: Any, stream: Any) -> VideoInfo:

@@ -182,7 +182,7 @@ def test_two_videos_with_one_id_are_refused(tmp_path):
 
 def test_clip_backbone_averages_normalised_frame_embeddings(tmp_path):
     pytest.importorskip("transformers")
-    from libs.modeling import openai_clip
+    from libs.datasets import openai_clip
 
     weights = str(tmp_path / "tiny_clip.pt")
     torch.save(tiny_openai_clip_state_dict(), weights)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from libs.core.errors import CheckpointError, GroundNLQError
-from libs.modeling import openai_clip
+from libs.datasets import openai_clip
 from tests.conftest import fixture_path
 from tests.tiny_clip import VOCAB, tiny_openai_clip_state_dict
 
