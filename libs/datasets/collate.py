@@ -47,6 +47,11 @@ class Batch:
     int64 (row of ``videos`` per query); segments / labels: per query float64 ``(N_i, 2)`` grid
     units / int64 ``(N_i, num_classes)``, or None without ground truth; meta: per query dict
     with video_id, query_id, duration, fps, feat_stride, feat_num_frames.
+
+    Two host-side facts the collator knows for free, so the model need not read them back from
+    the device (a synchronisation on a GPU): ``video_lengths``, the valid features of each video
+    row, and ``gt_extent``, the longest span (grid units) from a query's first window start to
+    its last window end. None when unknown (a ``Batch`` built by hand): the model reads the masks.
     """
 
     videos: Tensor
@@ -57,6 +62,8 @@ class Batch:
     segments: Optional[List[Tensor]]
     labels: Optional[List[Tensor]]
     meta: List[Dict[str, Any]]
+    video_lengths: Optional[List[int]] = None
+    gt_extent: Optional[float] = None
 
     @property
     def num_queries(self) -> int:
@@ -266,6 +273,7 @@ def collate(
     texts_padded, text_masks = pad_sequences(texts, text_len)  # (Q, C_t, L)
     segments, labels = _ground_truth(items, is_training)
     meta = [{key: item.get(key) for key in META_KEYS} for item in items]
+    extents = [float(s[:, 1].max() - s[:, 0].min()) for s in segments or [] if s.shape[0] > 0]
     return Batch(
         videos=videos,
         video_masks=video_masks,
@@ -275,4 +283,6 @@ def collate(
         segments=segments,
         labels=labels,
         meta=meta,
+        video_lengths=[int(feats[i].shape[-1]) for i in row_items],
+        gt_extent=max(extents, default=0.0) if segments is not None else None,
     )

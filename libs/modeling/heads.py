@@ -104,7 +104,8 @@ class RegHead(nn.Module):
             out.append(F.relu(self.scale[level](offsets)))  # (B, 2, T_l)
         return out
 
-    def forward_at(self, feats: Sequence[Tensor], masks: Sequence[Tensor], positives: Sequence[Tensor]) -> List[Tensor]:
+    def forward_at(self, feats: Sequence[Tensor], masks: Sequence[Tensor], positives: Sequence[Tensor],
+                   spans: Optional[Sequence[int]] = None) -> List[Tensor]:
         """Per-level offsets ``(B, 2, T_l)`` computed only around ``positives`` (per level ``(B, T_l)``
         bool): exact where ``positives`` is True, zero elsewhere.
 
@@ -112,7 +113,8 @@ class RegHead(nn.Module):
         per query and level, so each query runs the head on the window ``[first - r, last + r]`` of
         its positives (``r`` = ``receptive_radius``; positions outside the sequence are zero, as the
         convolution's padding) instead of the whole level: same loss and gradients, a fraction of
-        the head's cost. One host synchronisation for all levels (the window widths).
+        the head's cost. ``spans``: per level, a bound on ``last - first`` known on the host (the
+        windows are then that wide); None reads the exact widths back (one host synchronisation).
         """
         if len(feats) != self.fpn_levels:
             raise ValueError(f"RegHead built for {self.fpn_levels} levels, got {len(feats)}")
@@ -125,7 +127,10 @@ class RegHead(nn.Module):
             has_positive = positive.any(dim=1)
             firsts.append(torch.where(has_positive, first, 0))
             lasts.append(torch.where(has_positive, last, 0))
-        widths = (torch.stack(lasts) - torch.stack(firsts)).amax(dim=1).tolist()  # (levels,)
+        if spans is not None:
+            widths = list(spans)
+        else:
+            widths = (torch.stack(lasts) - torch.stack(firsts)).amax(dim=1).tolist()  # (levels,)
         out = []
         for level, (x, mask, positive) in enumerate(zip(feats, masks, positives)):
             batch, channels, length = x.shape

@@ -226,13 +226,16 @@ class LocPointTransformer(nn.Module):
 
     def pyramid_lengths(self, batch: Batch) -> Optional[List[int]]:
         """Per-level lengths for ``network``: trimmed (``trim_pyramid`` with "exact" video padding)
-        or None (``T / s_l``, as the reference). One host synchronisation per batch (the last
-        valid position)."""
+        or None (``T / s_l``, as the reference). From the collator's ``video_lengths``; a batch
+        without them costs one host synchronisation (the last valid position)."""
         if not (self.trim_pyramid and self.video_pad_mode == "exact"):
             return None
         padded_length = batch.videos.shape[-1]
-        positions = torch.arange(1, padded_length + 1, device=batch.video_masks.device)
-        num_valid = int((batch.video_masks[:, 0] * positions).max())  # last valid position + 1
+        if batch.video_lengths is not None:
+            num_valid = max(batch.video_lengths)  # masks are valid prefixes
+        else:
+            positions = torch.arange(1, padded_length + 1, device=batch.video_masks.device)
+            num_valid = int((batch.video_masks[:, 0] * positions).max())  # last valid position + 1
         return pyramid_lengths(num_valid, padded_length, self.backbone.num_levels, self.backbone.scale_factor)
 
     def network(
@@ -335,7 +338,11 @@ class LocPointTransformer(nn.Module):
         if self.sparse_reg_head:
             lengths = [m.shape[1] for m in outputs.fpn_masks]
             positive = losses.positive_points(torch.stack(gt_cls), torch.cat(outputs.fpn_masks, dim=1))  # (Q, P)
-            offsets = self.reg_head.forward_at(fpn_feats, fpn_masks, list(positive.split(lengths, dim=1)))
+            spans = None
+            if batch.gt_extent is not None:  # positives lie strictly inside a query's windows
+                spans = [min(length - 1, int(batch.gt_extent // self.backbone.scale_factor ** level) + 1)
+                         for level, length in enumerate(lengths)]
+            offsets = self.reg_head.forward_at(fpn_feats, fpn_masks, list(positive.split(lengths, dim=1)), spans)
             offsets = [x.permute(0, 2, 1) for x in offsets]  # (Q, T_l, 2)
         return self.criterion(outputs.fpn_masks, outputs.cls_logits, offsets, gt_cls, gt_offsets)
 
