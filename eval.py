@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", default=None, metavar="NAME",
                         help="apply configs/modes/NAME.yaml over the config (reference: the reference's computation)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                        help="run the network under autocast (decoding and NMS stay float32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--pred-file", default=None, help="score this submission/prediction file")
     parser.add_argument("--gt-file", default=None, help="official NLQ json (or jsonl records) for --pred-file")
@@ -144,7 +146,7 @@ def _evaluate_on(args: argparse.Namespace, cfg: dict, device) -> dict | None:
     load_checkpoint(model, args.checkpoint, use_ema=args.ema, strict=True, trust=args.trust_checkpoint)
     model.to(device)
     results = inference_on_dataset(model, split.loader, device, cfg["test_cfg"],
-                                   progress=not args.no_progress and comm.is_main_process())
+                                   progress=not args.no_progress and comm.is_main_process(), amp=args.amp)
     results = gather_results(results)  # one process's list, on every process
     if not comm.is_main_process():
         return None

@@ -23,7 +23,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from libs.core.errors import ConfigError  # noqa: E402
 from libs.utils.cli import run_command  # noqa: E402
 from libs.video.backbones import VIDEO_BACKBONES, make_video_backbone  # noqa: E402
-from libs.video.extract import AMP_DTYPES, DEFAULT_BATCH_SIZE, extract_to_store  # noqa: E402
+from libs.utils.amp import AMP_DTYPES  # noqa: E402
+from libs.video.extract import DEFAULT_BATCH_SIZE, extract_to_store  # noqa: E402
 from libs.video.grid import FeatureGrid  # noqa: E402
 
 

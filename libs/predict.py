@@ -37,6 +37,7 @@ from libs.datasets.text_encoders import TextEncoder, make_text_encoder
 from libs.evaluation.postprocess import results_of_heads
 from libs.engine.checkpoint import load_checkpoint
 from libs.modeling.models import make_meta_arch
+from libs.utils.amp import autocast, check_amp
 from libs.video.backbones import VideoBackbone, make_video_backbone
 
 ClipInput = Union[str, np.ndarray, torch.Tensor]
@@ -130,12 +131,15 @@ class Grounder:
         video_backbone: the ``libs.video`` backbone of the training features (its ``dim`` must be
             the model's ``input_vid_dim``), or a function that builds it on first use, for
             ``ground_video``; None = video files cannot be grounded.
+        amp: "bf16" / "fp16" runs the network under autocast (decoding and NMS in float32);
+            None = float32.
     """
 
     def __init__(self, model: torch.nn.Module, text_encoder: TextEncoder, *, fps: float, feat_stride: float,
                  num_frames: float, video_store: Union[None, str, FeatureStore] = None,
                  question_batch: int = DEFAULT_QUESTION_BATCH,
-                 video_backbone: Union[None, VideoBackbone, Callable[[], VideoBackbone]] = None) -> None:
+                 video_backbone: Union[None, VideoBackbone, Callable[[], VideoBackbone]] = None,
+                 amp: Optional[str] = None) -> None:
         if text_encoder.dim != model.input_txt_dim:
             raise ConfigError(f"text encoder {text_encoder.name!r} gives {text_encoder.dim}-d token features, "
                               f"but the model expects input_txt_dim {model.input_txt_dim}: it was trained "
@@ -151,6 +155,7 @@ class Grounder:
         self.question_batch = int(question_batch)
         self._video_store = open_store(video_store) if isinstance(video_store, str) else video_store
         self._video_backbone = video_backbone
+        self.amp = check_amp(amp, "Grounder amp")
         if isinstance(video_backbone, VideoBackbone):
             self._backbone()  # checks its width now
 
@@ -161,7 +166,7 @@ class Grounder:
                         device: Optional[str] = None, overrides: Optional[List[str]] = None,
                         encoder_options: Optional[Dict[str, Any]] = None,
                         backbone_options: Optional[Dict[str, Any]] = None,
-                        question_batch: int = DEFAULT_QUESTION_BATCH) -> "Grounder":
+                        question_batch: int = DEFAULT_QUESTION_BATCH, amp: Optional[str] = None) -> "Grounder":
         """Build the model of ``config`` (a path, or a dict from ``load_config``), load ``checkpoint``,
         make the text encoder.
 
@@ -194,7 +199,7 @@ class Grounder:
                           if backbone else None)
         return cls(model, encoder, fps=dataset_cfg["default_fps"], feat_stride=dataset_cfg["feat_stride"],
                    num_frames=dataset_cfg["num_frames"], video_store=store, question_batch=question_batch,
-                   video_backbone=build_backbone)
+                   video_backbone=build_backbone, amp=amp)
 
     # ------------------------------------------------------------------ inputs
     def clip_features(self, clip: ClipInput) -> Tuple[str, torch.Tensor]:
@@ -312,5 +317,8 @@ class Grounder:
     def _predict(self, items: List[Dict[str, Any]], top_k: int) -> List[Dict[str, Any]]:
         """The model's eval path (heads, decoding, NMS) keeping ``top_k`` windows per question."""
         model = self.model
-        batch = model.collator(is_training=False)(items).to(next(model.parameters()).device)
-        return results_of_heads(model(batch), batch.meta, {**model.test_cfg, "max_seg_num": top_k})
+        device = next(model.parameters()).device
+        batch = model.collator(is_training=False)(items).to(device)
+        with autocast(device, self.amp):
+            heads = model(batch)
+        return results_of_heads(heads.float(), batch.meta, {**model.test_cfg, "max_seg_num": top_k})

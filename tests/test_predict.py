@@ -95,6 +95,17 @@ def test_windows_are_seconds_in_the_clip_best_first(clip_feats):
     assert short.clip == "mine" and short.windows().max() <= 10.0
 
 
+def test_bf16_answers_are_float32_answers_rounded(clip_feats):
+    exact = toy_grounder().ground_many(clip_feats, QUESTIONS[:2], top_k=1)
+    rounded = toy_grounder(amp="bf16").ground_many(clip_feats, QUESTIONS[:2], top_k=1)
+    for a, b in zip(exact, rounded):
+        # bf16 keeps 8 bits of mantissa: scores and window ends move by a little, not elsewhere
+        np.testing.assert_allclose(a.scores(), b.scores(), atol=0.02)
+        np.testing.assert_allclose(a.windows(), b.windows(), atol=0.5)
+    with pytest.raises(ConfigError, match="Grounder amp"):
+        toy_grounder(amp="fp8")
+
+
 def test_clip_id_is_read_from_the_video_store(tmp_path, clip_feats):
     store = str(tmp_path / "video.h5")
     write_store(store, [("clip-a", clip_feats), ("clip-b", clip_feats[:20])], kind="hdf5", dtype="float32")

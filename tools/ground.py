@@ -44,6 +44,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=5, help="windows per question")
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                        help="run the network under autocast (decoding and NMS stay float32)")
     parser.add_argument("--clip-weights", default=None, metavar="PATH",
                         help="local CLIP weights file, for models trained on CLIP text features")
     parser.add_argument("--opt", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> list:
     cfg = load_config(args.config, overrides=list(args.opt))
     weights = {"weights_path": args.clip_weights} if args.clip_weights else {}
     grounder = Grounder.from_checkpoint(cfg, args.checkpoint, video_store=video_store, use_ema=args.ema,
-                                        device=args.device, encoder_options=weights,
+                                        device=args.device, encoder_options=weights, amp=args.amp,
                                         backbone_options=weights if cfg["dataset"]["video_backbone"] == "clip" else {})
     if args.video:
         answers = grounder.ground_video(args.video, args.query, top_k=args.top_k, cache_dir=args.cache_dir)

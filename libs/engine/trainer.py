@@ -37,12 +37,12 @@ from libs.datasets.datasets import set_loader_epoch
 from libs.engine.checkpoint import load_checkpoint
 from libs.engine.rng_state import capture_rng_state, restore_rng_state
 from libs.utils import comm
+from libs.utils.amp import autocast, check_amp
 from libs.utils.ema import ModelEMA
 from libs.utils.events import EventStorage
 
 logger = logging.getLogger("groundnlq")
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(GroundNLQError):
@@ -241,8 +241,7 @@ class SimpleTrainer(TrainerBase):
         super().__init__()
         if grad_accum_steps < 1:
             raise ConfigError(f"trainer.grad_accum_steps must be >= 1, got {grad_accum_steps}")
-        if amp not in ("none", *AMP_DTYPES):
-            raise ConfigError(f"trainer.amp: expected 'bf16', 'fp16' or 'none', got {amp!r}")
+        amp = check_amp(amp, "trainer.amp")
         self.model = model
         self.data_loader = data_loader
         self.optimizer = optimizer
@@ -256,10 +255,8 @@ class SimpleTrainer(TrainerBase):
         self.config = config
         self.criterion = criterion
         # AMP only on CUDA; on the CPU training runs in float32 whatever the config says
-        self.amp_dtype = AMP_DTYPES.get(amp) if self.device.type == "cuda" else None
-        self.grad_scaler = (
-            torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        )
+        self.amp = amp if self.device.type == "cuda" else None
+        self.grad_scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.train_model: nn.Module = model
         if comm.get_world_size() > 1:
             if criterion is not None:
@@ -299,9 +296,7 @@ class SimpleTrainer(TrainerBase):
 
     # ------------------------------------------------------------------ one step
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp)
 
     def run_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

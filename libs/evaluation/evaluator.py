@@ -7,7 +7,7 @@ official metric (``evaluate``), so the trainer's eval hook and ``eval.py`` share
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -22,6 +22,7 @@ from libs.evaluation.metrics import (
 )
 from libs.evaluation.postprocess import results_of_heads
 from libs.utils import comm
+from libs.utils.amp import autocast
 
 
 def _result_to_cpu(result: dict) -> dict:
@@ -36,13 +37,15 @@ def inference_on_dataset(
     test_cfg: Mapping[str, Any],
     progress: bool = True,
     evaluator: "RecallEvaluator | None" = None,
+    amp: Optional[str] = None,
 ) -> list[dict]:
     """Run ``model`` in eval mode over every ``Batch``; return per-query result dicts on the CPU.
 
     Each batch is moved to ``device``, its head outputs post-processed there with ``test_cfg``
     (NMS included) and only the final windows come back to the CPU. The model's train/eval mode
     is restored afterwards. When ``evaluator`` is given, each batch's results also go to
-    ``evaluator.process``.
+    ``evaluator.process``. ``amp`` ("bf16" / "fp16"): the network runs under autocast, decoding
+    and NMS in float32.
     """
     was_training = model.training
     model.eval()
@@ -57,7 +60,9 @@ def inference_on_dataset(
         with torch.no_grad():
             for batch in iterator:
                 batch = batch.to(device, non_blocking=True)
-                outputs = [_result_to_cpu(r) for r in results_of_heads(model(batch), batch.meta, test_cfg)]
+                with autocast(device, amp):
+                    heads = model(batch)
+                outputs = [_result_to_cpu(r) for r in results_of_heads(heads.float(), batch.meta, test_cfg)]
                 if evaluator is not None:
                     evaluator.process(batch, outputs)
                 results.extend(outputs)

@@ -42,6 +42,11 @@ class HeadOutputs(NamedTuple):
     cls_logits: List[Tensor]  # per level (Q, T_l, num_classes)
     offsets: List[Tensor]  # per level (Q, T_l, 2), stride units
 
+    def float(self) -> "HeadOutputs":
+        """The same outputs in float32 (decoding after a bf16/fp16 autocast forward)."""
+        return HeadOutputs(self.points, self.fpn_masks, [x.float() for x in self.cls_logits],
+                           [x.float() for x in self.offsets])
+
 
 @register_meta_arch("LocPointTransformer")
 class LocPointTransformer(nn.Module):

@@ -21,27 +21,18 @@ import torch
 
 from libs.core.errors import ConfigError, DataError
 from libs.datasets.store_append import VIDEO_FIELD, append_arrays, resolve_kind, stored_ids
+from libs.utils.amp import autocast
 from libs.utils.io import save_json
 from libs.video.backbones import VideoBackbone
 from libs.video.decode import VideoError, VideoWindows, probe
 from libs.video.grid import FeatureGrid
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_BATCH_SIZE = 16  # windows per backbone call
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
 def sidecar_path(dst: str) -> str:
     return dst.rstrip("/" + os.sep) + ".videos.json"
-
-
-def autocast(device: torch.device, amp: Optional[str]) -> Any:
-    """``torch.autocast`` for ``amp`` (``"bf16"`` / ``"fp16"``), or a no-op for float32."""
-    if amp is None:
-        return contextlib.nullcontext()
-    if amp not in AMP_DTYPES:
-        raise ConfigError(f"amp {amp!r}: expected one of {sorted(AMP_DTYPES)} or none")
-    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 def extract_features(path: str, backbone: VideoBackbone, grid: FeatureGrid,
