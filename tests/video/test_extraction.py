@@ -205,7 +205,7 @@ def test_command_line_writes_the_store_and_reports_bad_videos(tmp_path):
     write_video(tmp_path / "a.mkv", [RED] * 40, 20)
     (tmp_path / "b.mp4").write_bytes(b"")
     dst = tmp_path / "f.h5"
-    # mean_rgb is registered by this test module only: run the tool inside this process
+    # mean_rgb is registered by tests/video_files.py only: run the tool inside this process
     sys.path.insert(0, ROOT)
     from feature_extraction import extract_video_features
 
