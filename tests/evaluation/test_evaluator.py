@@ -35,6 +35,19 @@ def test_inference_runs_eval_mode_without_grad_and_gives_the_models_results():
     assert_same_results(results, together)
 
 
+def test_bf16_inference_runs_the_network_in_bf16_and_decodes_in_float32():
+    model = tiny_model()
+    dtypes = []
+    model.cls_head.register_forward_hook(lambda m, args, out: dtypes.append(out[0].dtype))
+    loader = [model.collator(is_training=False)(clip_items())]
+    exact = inference_on_dataset(model, loader, "cpu", model.test_cfg, progress=False)
+    rounded = inference_on_dataset(model, loader, "cpu", model.test_cfg, progress=False, amp="bf16")
+    assert dtypes == [torch.float32, torch.bfloat16]
+    for a, b in zip(exact, rounded):
+        assert b["scores"].dtype == torch.float32 and b["segments"].dtype == a["segments"].dtype
+        torch.testing.assert_close(b["scores"][:1], a["scores"][:1], atol=0.02, rtol=0)
+
+
 def test_recall_evaluator_collects_and_scores():
     gt = [{"query": "q", "query_id": "a_0", "duration": 100.0, "video_id": "c1", "timestamps": [[10.0, 20.0]]},
           {"query": "q", "query_id": "a_1", "duration": 100.0, "video_id": "c1", "timestamps": [[40.0, 50.0]]}]
