@@ -25,6 +25,7 @@ import sys
 
 from libs.core.errors import ConfigError
 
+from libs.utils.amp import AMP_CHOICES
 from libs.utils.cli import run_command
 from libs.utils.io import save_json
 from libs.evaluation.metrics import load_ground_truth
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", default=None, metavar="NAME",
                         help="apply configs/modes/NAME.yaml over the config (reference: the reference's computation)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+    parser.add_argument("--amp", default="none", choices=AMP_CHOICES,
                         help="run the network under autocast (decoding and NMS stay float32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--pred-file", default=None, help="score this submission/prediction file")

@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from libs.core.errors import ConfigError  # noqa: E402
 from libs.utils.cli import run_command  # noqa: E402
 from libs.video.backbones import VIDEO_BACKBONES, make_video_backbone  # noqa: E402
-from libs.utils.amp import AMP_DTYPES  # noqa: E402
+from libs.utils.amp import AMP_CHOICES  # noqa: E402
 from libs.video.extract import DEFAULT_BATCH_SIZE, extract_to_store  # noqa: E402
 from libs.video.grid import FeatureGrid  # noqa: E402
 
@@ -62,7 +62,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--num-frames", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="windows per backbone call")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    parser.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES), help="autocast the backbone")
+    parser.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast the backbone")
     parser.add_argument("--skip-bad", action="store_true", help="report bad videos and go on")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show the traceback of input errors")

@@ -27,6 +27,7 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libs.core.errors import ConfigError, GroundNLQError  # noqa: E402
+from libs.utils.amp import AMP_CHOICES  # noqa: E402
 from libs.utils.cli import run_command  # noqa: E402
 from libs.utils.io import save_json  # noqa: E402
 
@@ -44,7 +45,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=5, help="windows per question")
     parser.add_argument("--ema", action="store_true", help="use the checkpoint's EMA weights")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+    parser.add_argument("--amp", default="none", choices=AMP_CHOICES,
                         help="run the network under autocast (decoding and NMS stay float32)")
     parser.add_argument("--clip-weights", default=None, metavar="PATH",
                         help="local CLIP weights file, for models trained on CLIP text features")

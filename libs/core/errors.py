@@ -20,3 +20,9 @@ class DataError(GroundNLQError, ValueError):
 
 class CheckpointError(GroundNLQError, RuntimeError):
     """A checkpoint cannot be read or does not fit the model."""
+
+
+def missing_package(package: str, why: str, hint: str) -> GroundNLQError:
+    """The error for an optional package that is not installed: what needs it, how to install it."""
+    return GroundNLQError(f"{why} needs the Python package {package!r}, which is not installed; "
+                          f"install it with: {hint}")

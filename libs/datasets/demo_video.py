@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from libs.core.errors import GroundNLQError
+from libs.core.errors import missing_package
 from libs.utils.io import save_json
 
 from .annotations import OFFICIAL_SPLIT_FILES
@@ -130,8 +130,7 @@ def write_mp4(path: str, frames, fps: int = FILE_FPS) -> None:
     try:
         import av
     except ImportError as e:
-        raise GroundNLQError("rendering the pixel demo needs the Python package 'av' (PyAV); "
-                             "install it with: pip install -e .[video]") from e
+        raise missing_package("av", "rendering the pixel demo (PyAV)", "pip install -e .[video]") from e
     partial = path + ".partial.mp4"
     with av.open(partial, "w") as container:
         stream = container.add_stream("mpeg4", rate=fps)

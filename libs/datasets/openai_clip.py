@@ -20,7 +20,7 @@ import zipfile
 from functools import lru_cache
 from typing import Any, Dict, List, Tuple
 
-from libs.core.errors import CheckpointError, GroundNLQError
+from libs.core.errors import CheckpointError, GroundNLQError, missing_package
 
 BPE_VOCAB_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
                               "clip_bpe_simple_vocab_16e6.txt.gz")
@@ -30,11 +30,6 @@ NUM_MERGES = 49152 - 256 - 2
 START_TOKEN, END_TOKEN = "<|startoftext|>", "<|endoftext|>"
 HEAD_WIDTH = 64  # OpenAI's CLIP: one attention head per 64 channels
 INSTALL_HINT = "pip install -e .[text]"
-
-
-def _missing(package: str) -> GroundNLQError:
-    return GroundNLQError(f"CLIP needs the Python package {package!r}, which is not installed; "
-                          f"install it with: {INSTALL_HINT}")
 
 
 def _is_torchscript_archive(path: str) -> bool:
@@ -112,7 +107,7 @@ def text_model_from_openai(state: Dict[str, Any], path: str = "CLIP weights") ->
     try:
         from transformers import CLIPTextConfig, CLIPTextModel
     except ImportError as e:
-        raise _missing("transformers") from e
+        raise missing_package("transformers", "CLIP", INSTALL_HINT) from e
     try:
         vocab_size, width = state["token_embedding.weight"].shape
         context = state["positional_embedding"].shape[0]
@@ -140,7 +135,7 @@ def vision_model_from_openai(state: Dict[str, Any], path: str = "CLIP weights") 
     try:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
     except ImportError as e:
-        raise _missing("transformers") from e
+        raise missing_package("transformers", "CLIP", INSTALL_HINT) from e
     try:
         width, _, patch, _ = state["visual.conv1.weight"].shape
         grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
@@ -174,7 +169,7 @@ def vit_b32_vision_model(seed: int) -> Any:
     try:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
     except ImportError as e:
-        raise _missing("transformers") from e
+        raise missing_package("transformers", "CLIP", INSTALL_HINT) from e
     config = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                               num_attention_heads=12, image_size=224, patch_size=32, projection_dim=512,
                               hidden_act="quick_gelu", layer_norm_eps=1e-5)
@@ -220,7 +215,7 @@ def clip_tokenizer() -> Any:
     try:
         from transformers import CLIPTokenizer
     except ImportError as e:
-        raise _missing("transformers") from e
+        raise missing_package("transformers", "CLIP", INSTALL_HINT) from e
     vocab, merges = bpe_vocabulary()
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges))
 
@@ -232,5 +227,5 @@ def clean_text(text: str) -> str:
     try:
         import ftfy
     except ImportError as e:
-        raise _missing("ftfy") from e
+        raise missing_package("ftfy", "CLIP", INSTALL_HINT) from e
     return html.unescape(html.unescape(ftfy.fix_text(text))).strip()

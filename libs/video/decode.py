@@ -19,7 +19,7 @@ from typing import Any, Deque, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from libs.core.errors import DataError, GroundNLQError
+from libs.core.errors import DataError, missing_package
 from libs.video.grid import FeatureGrid
 
 INSTALL_HINT = "pip install -e .[video]"
@@ -46,8 +46,7 @@ def _import_av() -> Any:
     try:
         import av
     except ImportError as e:
-        raise GroundNLQError(f"decoding video needs the Python package 'av' (PyAV), which is not "
-                             f"installed; install it with: {INSTALL_HINT}") from e
+        raise missing_package("av", "decoding video (PyAV)", INSTALL_HINT) from e
     return av
 
 

@@ -10,7 +10,6 @@ A store is never extended with features of another grid or backbone.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,16 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpe
 
 def sidecar_path(dst: str) -> str:
     return dst.rstrip("/" + os.sep) + ".videos.json"
+
+
+def promised_grid_frames(path: str, grid: FeatureGrid) -> int:
+    """Grid frames the file's header promises (a progress bar's total); 0 when the header gives
+    no duration or the file cannot be opened (extraction then says why)."""
+    try:
+        duration = probe(path).duration
+    except VideoError:
+        return 0
+    return grid.num_grid_frames(duration) if duration else 0
 
 
 def extract_features(path: str, backbone: VideoBackbone, grid: FeatureGrid,
@@ -136,11 +145,7 @@ def extract_to_store(paths: Sequence[str], dst: str, backbone: VideoBackbone, gr
     videos = video_ids(paths)
     summary.already_present = [video_id for video_id, _ in videos if video_id in done]
     todo = [(video_id, path) for video_id, path in videos if video_id not in done]
-    total = 0  # grid frames the headers promise (the bar's frames/s counts grid frames)
-    for _, path in todo:
-        with contextlib.suppress(VideoError):
-            duration = probe(path).duration
-            total += grid.num_grid_frames(duration) if duration else 0
+    total = sum(promised_grid_frames(path, grid) for _, path in todo)  # the bar counts grid frames
     with tqdm(total=total or None, unit="frame", unit_scale=True, desc=f"{backbone.name} -> {os.path.basename(dst)}",
               disable=not progress) as bar:
         for video_id, path in todo:
