@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libs.datasets.store_append import (  # noqa: E402
-    VIDEO_FIELD, append_arrays, chunked, resolve_kind, stored_ids)
+    VIDEO_FIELD, add_destination_arguments, append_arrays, chunked, resolve_kind, stored_ids)
 from libs.core.errors import ConfigError, DataError  # noqa: E402
 from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.feature_store import open_store  # noqa: E402
@@ -123,9 +123,7 @@ def concat_stores(inputs: Sequence[str], dst: str, max_len_diff: int = DEFAULT_M
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", nargs="+", required=True, help="two or more feature stores, any kind")
-    parser.add_argument("--dst", required=True, help="destination store (HDF5: a *.h5 file)")
-    parser.add_argument("--dst-kind", default="hdf5", choices=["hdf5", "lmdb", "folder"])
-    parser.add_argument("--dtype", default="float32", choices=["float16", "float32"])
+    add_destination_arguments(parser)
     parser.add_argument("--max-len-diff", type=int, default=DEFAULT_MAX_LEN_DIFF,
                         help="largest length difference (features) truncated to the shortest")
     parser.add_argument("--strict", action="store_true", help="an id missing from an input is an error")

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from libs.datasets.store_append import VIDEO_FIELD, resolve_kind  # noqa: E402
+from libs.datasets.store_append import VIDEO_FIELD, add_destination_arguments, resolve_kind  # noqa: E402
 from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.feature_store import copy_store, open_store  # noqa: E402
 
@@ -45,10 +45,7 @@ def convert_store(src: str, dst: str, dst_kind: Optional[str] = "hdf5", dtype: s
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, help="source store: *.h5 file, LMDB dir or folder of .pt/.npy")
-    parser.add_argument("--dst", required=True, help="destination store (HDF5: a *.h5 file)")
-    parser.add_argument("--dst-kind", default="hdf5", choices=["hdf5", "lmdb", "folder"])
-    parser.add_argument("--dtype", default="float32", choices=["float16", "float32"],
-                        help="stored precision (readers always return float32)")
+    add_destination_arguments(parser)
     parser.add_argument("--field", default=VIDEO_FIELD, choices=["features", "token_features"],
                         help="npz member name of an LMDB destination")
     parser.add_argument("--folder-format", default="npy", choices=["npy", "pt"],

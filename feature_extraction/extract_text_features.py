@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libs.datasets.store_append import (  # noqa: E402
-    TEXT_FIELD, append_arrays, chunked, resolve_kind, stored_ids)
+    TEXT_FIELD, add_destination_arguments, append_arrays, chunked, resolve_kind, stored_ids)
 from libs.core.errors import ConfigError, DataError  # noqa: E402
 from libs.utils.cli import run_command  # noqa: E402
 from libs.datasets.annotations import read_jsonl  # noqa: E402
@@ -77,9 +77,7 @@ def main(argv: Optional[list] = None) -> int:
                         help="jsonl annotation file(s); repeatable")
     parser.add_argument("--encoder", default="minilm", choices=["minilm", "clip"])
     parser.add_argument("--clip-weights", default=None, help="local CLIP ViT-B/32 weights (ViT-B-32.pt)")
-    parser.add_argument("--dst", required=True, help="destination text store (HDF5: a *.h5 file)")
-    parser.add_argument("--dst-kind", default="hdf5", choices=["hdf5", "lmdb", "folder"])
-    parser.add_argument("--dtype", default="float32", choices=["float16", "float32"])
+    add_destination_arguments(parser, what="text store")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", default="cpu", help="torch device for the encoder, e.g. cuda")
     parser.add_argument("--no-normalize", action="store_true",

@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from libs.core.errors import ConfigError  # noqa: E402
+from libs.datasets.store_append import add_destination_arguments  # noqa: E402
 from libs.utils.cli import run_command  # noqa: E402
 from libs.video.backbones import VIDEO_BACKBONES, make_video_backbone  # noqa: E402
 from libs.utils.amp import AMP_CHOICES  # noqa: E402
@@ -49,9 +50,7 @@ def grid_from_args(args: argparse.Namespace) -> FeatureGrid:
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", nargs="+", required=True, help="video files and/or folders of videos")
-    parser.add_argument("--dst", required=True, help="destination store (HDF5: a *.h5 file)")
-    parser.add_argument("--dst-kind", default="hdf5", choices=["hdf5", "lmdb", "folder"])
-    parser.add_argument("--dtype", default="float32", choices=["float16", "float32"])
+    add_destination_arguments(parser)
     parser.add_argument("--backbone", default="clip", choices=VIDEO_BACKBONES.names())
     parser.add_argument("--clip-weights", default=None, help="OpenAI CLIP weights file (ViT-B-32.pt)")
     parser.add_argument("--random-init-seed", type=int, default=None,

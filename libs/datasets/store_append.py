@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -24,6 +24,14 @@ from libs.datasets.feature_store import (
 # npz member of the reference's LMDB layout, per kind of feature
 VIDEO_FIELD = "features"
 TEXT_FIELD = "token_features"
+
+
+def add_destination_arguments(parser: Any, what: str = "store") -> None:
+    """The destination flags every store-writing tool takes: ``--dst``, ``--dst-kind``, ``--dtype``."""
+    parser.add_argument("--dst", required=True, help=f"destination {what} (HDF5: a *.h5 file)")
+    parser.add_argument("--dst-kind", default="hdf5", choices=list(STORE_KINDS))
+    parser.add_argument("--dtype", default="float32", choices=["float16", "float32"],
+                        help="stored precision (readers always return float32)")
 
 
 def resolve_kind(path: str, kind: Optional[str], option: str = "--dst-kind") -> str:
