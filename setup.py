@@ -1,14 +1,15 @@
-"""Install the ``libs`` package (distribution ``groundnlq``) and build its NMS extensions.
+"""Install the ``libs`` package (distribution ``groundnlq``) and build its C++ / CUDA extensions.
 
 Install PyTorch first, then ``pip install -e . --no-build-isolation`` so that the extensions
 compile against the torch you already have (build isolation would download another one).
 
 * ``libs.utils._nms_cpu``: C++ hard / soft NMS, always attempted.
+* ``libs.modeling._layer_norm_cpu``: the one-pass channel LayerNorm, always attempted.
 * ``libs.utils._nms_cuda``: the CUDA kernel, built when ``torch.cuda.is_available()`` or
   ``FORCE_CUDA=1``, and a CUDA toolkit is found (``CUDA_HOME``).
 
-Both are optional: when one fails to compile (no compiler, toolkit mismatch), the install warns
-and goes on, and ``libs.utils.nms`` falls back to its pure-PyTorch implementation.
+All are optional: when one fails to compile (no compiler, toolkit mismatch), the install warns
+and goes on, and the code falls back to pure PyTorch (same numbers to rounding, slower).
 """
 import os
 import warnings
@@ -42,6 +43,14 @@ EXTRAS_REQUIRE = {
 }
 
 
+# what runs instead of an extension that failed to build
+FALLBACKS = {
+    "libs.utils._nms_cpu": "NMS will use the pure-PyTorch backend",
+    "libs.utils._nms_cuda": "NMS of CUDA tensors will run on a CPU copy (C++ or PyTorch backend)",
+    "libs.modeling._layer_norm_cpu": "LayerNorm will run as the reference's elementwise formula",
+}
+
+
 def _want_cuda(cpp_extension) -> bool:
     """Build the CUDA kernel when a GPU (or FORCE_CUDA=1) and a CUDA toolkit are present."""
     requested = os.environ.get("FORCE_CUDA", "0") == "1"
@@ -58,7 +67,7 @@ def _extensions_and_cmdclass():
     except ImportError:
         warnings.warn(
             "torch is not importable at build time (use --no-build-isolation with torch "
-            "installed); installing without the compiled NMS extensions"
+            "installed); installing without the compiled extensions"
         )
         return [], {}
 
@@ -70,7 +79,14 @@ def _extensions_and_cmdclass():
             [os.path.join(CSRC, "nms_cpu.cpp")],
             extra_compile_args={"cxx": ["-O3"]},
             extra_link_args=rpath,
-        )
+        ),
+        cpp_extension.CppExtension(
+            "libs.modeling._layer_norm_cpu",
+            [os.path.join(CSRC, "layer_norm_cpu.cpp")],
+            # no FMA contraction: products and sums round as the reference's separate kernels do
+            extra_compile_args={"cxx": ["-O3", "-ffp-contract=off"]},
+            extra_link_args=rpath,
+        ),
     ]
     if _want_cuda(cpp_extension):
         extensions.append(
@@ -92,11 +108,7 @@ def _extensions_and_cmdclass():
         def _skip(self, extensions, error):
             self.failed = tuple(self.failed) + tuple(ext.name for ext in extensions)
             for ext in extensions:
-                fallback = (
-                    "NMS of CUDA tensors will run on a CPU copy (C++ or PyTorch backend)"
-                    if ext.name.endswith("_cuda")
-                    else "NMS will use the pure-PyTorch backend"
-                )
+                fallback = FALLBACKS.get(ext.name, "a pure-PyTorch fallback will run instead")
                 warnings.warn(f"could not build the optional extension {ext.name} ({error}); {fallback}")
 
         def build_extensions(self):  # compiler and CUDA version checks run here, for all

@@ -148,6 +148,15 @@ DEFAULTS: dict[str, Any] = {
         # (ours) local attention kernel: "blocked" (block GEMMs, fastest) | "banded" (shifted
         # products) | "chunked" (the reference's overlapping chunks); same numbers to rounding
         "local_attn_impl": "blocked",
+        # (ours) channel LayerNorm in one pass (compiled kernel; the reference's formula where it
+        # is not built or does not apply); same numbers to rounding
+        "fused_layer_norm": True,
+        # (ours) transformer MLPs as matrix products over cache-sized column chunks instead of two
+        # full-width 1x1 convolutions; same numbers to summation order
+        "chunked_mlp": True,
+        # (ours) cross-attention with its query and output projections applied to the text
+        # (L tokens) instead of the video (T positions) when that is cheaper; same numbers to rounding
+        "text_side_cross_attn": True,
         # (ours) with video_pad_mode exact: run each pyramid level at its valid length plus one
         # padded column instead of T / stride (same valid outputs, fewer FLOPs)
         "trim_pyramid": True,

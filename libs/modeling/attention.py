@@ -405,7 +405,16 @@ class LocalMaskedMHCA(_ConvProjectedAttention):
 
 
 class MaskedMHA(nn.Module):
-    """Cross-attention: video positions (queries) attend to the valid text tokens (keys/values)."""
+    """Cross-attention: video positions (queries) attend to the valid text tokens (keys/values).
+
+    ``text_side_projections`` (model key ``text_side_cross_attn``): when the text is short
+    (``n_head * L < C``), the query and output projections are moved onto the text side, where
+    they cost ``L`` columns instead of ``T``: per head, ``scores = x^T (W_q,h^T k_h) + b_q,h^T k_h``
+    and ``out = sum_h (W_o,h v_h) probs_h^T + b_o``. The same function as the reference's
+    (``softmax(q k^T) v`` then ``proj``) with the products associated differently, so the same
+    numbers to float32 rounding at ``C / (n_head L)`` times fewer FLOPs (about 6x at C = 384,
+    16 tokens).
+    """
 
     def __init__(
         self, n_embd: int, n_head: int, attn_pdrop: float = 0.0, proj_pdrop: float = 0.0, use_sdpa: bool = True
@@ -423,12 +432,16 @@ class MaskedMHA(nn.Module):
         self.attn_drop = nn.Dropout(attn_pdrop)
         self.proj_drop = nn.Dropout(proj_pdrop)
         self.proj = nn.Conv1d(n_embd, n_embd, 1)
+        self.text_side_projections = True
 
     def forward(self, x: Tensor, x_mask: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
         """x ``(B, C, T)`` / x_mask ``(B, 1, T)``; context ``(B, C, L)`` / context_mask ``(B, 1, L)``.
 
         Returns ``(B, C, T)``, zero at invalid video positions.
         """
+        if self.text_side_projections and self.n_head * context.shape[-1] < x.shape[1]:
+            out = self._text_side_forward(x, context, context_mask)
+            return out * x_mask.to(out.dtype)
         q = split_heads(self.query(x), self.n_head)  # (B, H, T, D)
         k = split_heads(self.key(context), self.n_head)  # (B, H, L, D)
         v = split_heads(self.value(context), self.n_head)
@@ -436,3 +449,29 @@ class MaskedMHA(nn.Module):
         out = masked_attention(q, k, v, context_mask, self.scale, dropout_p, self.use_sdpa)  # (B, H, T, D)
         out = self.proj_drop(self.proj(merge_heads(out)))  # (B, C, T)
         return out * x_mask.to(out.dtype)
+
+    def _text_side_forward(self, x: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
+        """The attention with the query and output projections applied to the text (see the
+        class docstring); ``(B, C, T)`` before the video mask."""
+        batch, channels, length = x.shape
+        heads, head_dim, tokens = self.n_head, self.head_dim, context.shape[-1]
+        key = self.key(context).view(batch, heads, head_dim, tokens)  # (B, H, D, L)
+        value = self.value(context) * context_mask.to(x.dtype)  # (B, C, L), zero at invalid tokens
+        w_query = self.query.weight[:, :, 0].view(heads, head_dim, channels)  # (H, D, C)
+        w_proj = self.proj.weight[:, :, 0].view(channels, heads, head_dim).transpose(0, 1)  # (H, C, D)
+        # score weights (B, C, H * L): column (h, l) = scale * W_q,h^T k_h[:, l]; their bias (B, H * L)
+        score_weights = torch.matmul(w_query.transpose(1, 2), key * self.scale)  # (B, H, C, L)
+        score_weights = score_weights.permute(0, 2, 1, 3).reshape(batch, channels, heads * tokens)
+        score_bias = (self.query.bias.view(1, heads, head_dim, 1) * key * self.scale).sum(dim=2)  # (B, H, L)
+        scores = torch.baddbmm(score_bias.view(batch, 1, heads * tokens), x.transpose(1, 2), score_weights)
+        scores = scores.view(batch, length, heads, tokens)  # (B, T, H, L)
+        scores = scores.masked_fill(~context_mask[:, :, None, :], float("-inf"))
+        probs = F.softmax(scores, dim=-1)
+        if self.training and self.attn_drop.p > 0:
+            probs = self.attn_drop(probs)
+        # output weights (B, C, H * L): column (h, l) = W_o,h v_h[:, l]
+        value = value.view(batch, heads, head_dim, tokens)
+        out_weights = torch.matmul(w_proj, value).permute(0, 2, 1, 3).reshape(batch, channels, heads * tokens)
+        out = torch.baddbmm(self.proj.bias.view(1, channels, 1), out_weights,
+                            probs.view(batch, length, heads * tokens).transpose(1, 2))  # (B, C, T)
+        return self.proj_drop(out)

@@ -22,8 +22,10 @@ from ..core.config import DEFAULTS
 from ..core.errors import ConfigError, DataError
 from ..datasets.collate import TEXT_PAD_MODES, VIDEO_PAD_MODES, Batch, BatchCollator, largest_stride
 from . import losses, targets
-from .attention import LOCAL_ATTENTION_KERNELS, LocalMaskedMHCA
+from .attention import LOCAL_ATTENTION_KERNELS, LocalMaskedMHCA, MaskedMHA
 from .backbones import pyramid_lengths
+from .blocks import LayerNorm
+from .transformer import TransformerBlock
 from .heads import ClsHead, RegHead
 from .models import make_backbone, make_generator, make_neck, register_meta_arch
 
@@ -60,7 +62,11 @@ class LocPointTransformer(nn.Module):
     ``backbones.pyramid_lengths``) and kernel switches that keep the numbers (to float32
     rounding) but not the reference's cost:
     ``use_sdpa`` (fused attention), ``local_attn_impl`` ("blocked" block GEMMs, the fastest;
-    "banded" shifted products; "chunked" the reference's overlapping chunks) and ``compile``
+    "banded" shifted products; "chunked" the reference's overlapping chunks), ``fused_layer_norm`` (the one-pass
+    channel LayerNorm kernel, ``fused_layer_norm.py``), ``chunked_mlp`` (the transformer MLPs
+    in cache-sized column chunks, ``blocks.chunked_mlp``), ``text_side_cross_attn`` (the
+    cross-attention's query and output projections applied to the short text, ``MaskedMHA``)
+    and ``compile``
     (False | True = inductor | a ``torch.compile`` backend name). ``sparse_reg_head``: in training,
     run the regression head only around the positive points, where the loss reads it (same losses
     and gradients; see ``RegHead.forward_at``).
@@ -100,6 +106,9 @@ class LocPointTransformer(nn.Module):
         trim_pyramid: bool = True,
         use_sdpa: bool = True,
         local_attn_impl: str = "blocked",
+        fused_layer_norm: bool = True,
+        chunked_mlp: bool = True,
+        text_side_cross_attn: bool = True,
         sparse_reg_head: bool = True,
         compile: Union[bool, str] = False,
         **unknown: Any,
@@ -114,7 +123,9 @@ class LocPointTransformer(nn.Module):
             raise ConfigError(
                 f"model.local_attn_impl: expected one of {tuple(LOCAL_ATTENTION_KERNELS)}, got {local_attn_impl!r}"
             )
-        for key, value in (("trim_pyramid", trim_pyramid), ("sparse_reg_head", sparse_reg_head)):
+        for key, value in (("trim_pyramid", trim_pyramid), ("sparse_reg_head", sparse_reg_head),
+                           ("fused_layer_norm", fused_layer_norm), ("chunked_mlp", chunked_mlp),
+                           ("text_side_cross_attn", text_side_cross_attn)):
             if not isinstance(value, bool):
                 raise ConfigError(f"model.{key}: expected true or false, got {value!r}")
         if not isinstance(compile, (bool, str)) or compile == "":
@@ -197,6 +208,7 @@ class LocPointTransformer(nn.Module):
             num_layers=head_num_layers, kernel_size=head_kernel_size, with_ln=head_with_ln,
         )
         self.set_local_attention(local_attn_impl)
+        self.set_fast_kernels(layer_norm=fused_layer_norm, mlp=chunked_mlp, cross_attention=text_side_cross_attn)
         # label assignment, losses and the running loss normaliser (state saved by the trainer,
         # not in state_dict, so reference checkpoints load strictly)
         self.criterion = losses.Criterion(self.train_cfg, num_classes)
@@ -228,6 +240,19 @@ class LocPointTransformer(nn.Module):
         for module in self.modules():
             if isinstance(module, LocalMaskedMHCA):
                 module.impl = impl
+
+    def set_fast_kernels(self, layer_norm: bool, mlp: bool, cross_attention: bool) -> None:
+        """Every channel LayerNorm: the one-pass kernel or the reference's formula; every
+        transformer MLP: cache-sized column chunks or two full-width convolutions; every
+        cross-attention: projections on the text side or on the video (same numbers to rounding)."""
+        self.fused_layer_norm, self.chunked_mlp, self.text_side_cross_attn = layer_norm, mlp, cross_attention
+        for module in self.modules():
+            if isinstance(module, LayerNorm):
+                module.fused = layer_norm
+            elif isinstance(module, TransformerBlock):
+                module.use_chunked_mlp = mlp
+            elif isinstance(module, MaskedMHA):
+                module.text_side_projections = cross_attention
 
     def pyramid_lengths(self, batch: Batch) -> Optional[List[int]]:
         """Per-level lengths for ``network``: trimmed (``trim_pyramid`` with "exact" video padding)

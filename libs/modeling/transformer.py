@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .attention import LocalMaskedMHCA, MaskedMHA, MaskedMHCA
-from .blocks import AffineDropPath, LayerNorm
+from .blocks import AffineDropPath, LayerNorm, chunked_mlp
 
 Tensor = torch.Tensor
 
@@ -23,7 +23,8 @@ class TransformerBlock(nn.Module):
        of the unmasked input);
     2. cross blocks: ``h = h * m' + drop_path_attn(cross_attn(ln3(h), ln3(text)))`` -- the same
        ``ln3`` for video and text and the same ``drop_path_attn`` scale, as in the reference;
-    3. ``h = h + drop_path_mlp(mlp(ln2(h)) * m')``.
+    3. ``h = h + drop_path_mlp(mlp(ln2(h)) * m')``; ``use_chunked_mlp`` (model key ``chunked_mlp``)
+       computes the MLP in cache-sized column chunks (same numbers to summation order).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class TransformerBlock(nn.Module):
             nn.Conv1d(hidden, n_embd, 1),
             nn.Dropout(proj_pdrop),
         )
+        self.use_chunked_mlp = True
         if path_pdrop > 0.0:
             self.drop_path_attn = AffineDropPath(n_embd, drop_prob=path_pdrop)
             self.drop_path_mlp = AffineDropPath(n_embd, drop_prob=path_pdrop)
@@ -100,5 +102,12 @@ class TransformerBlock(nn.Module):
         if self.cross_attention and text is not None:
             cross = self.cross_attn(self.ln3(out), out_mask, self.ln3(text), text_mask)
             out = out * valid + self.drop_path_attn(cross)
-        out = out + self.drop_path_mlp(self.mlp(self.ln2(out)) * valid)
+        out = out + self.drop_path_mlp(self._mlp(self.ln2(out)) * valid)
         return out, out_mask
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        """The MLP, chunked (``blocks.chunked_mlp``) unless switched off or dropout is active."""
+        dropout_active = self.training and self.mlp[2].p > 0
+        if self.use_chunked_mlp and not dropout_active:
+            return chunked_mlp(x, self.mlp[0], self.mlp[3])
+        return self.mlp(x)

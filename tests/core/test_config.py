@@ -21,6 +21,7 @@ FINETUNE = os.path.join(CONFIG_DIR, "ego4d_nlq_v2_pretrain_finetune_internvideo_
 
 # keys this project adds to the reference's model / test_cfg sections
 OUR_MODEL_KEYS = {"video_pad_mode", "text_pad_mode", "use_sdpa", "local_attn_impl", "trim_pyramid", "sparse_reg_head",
+                  "fused_layer_norm", "chunked_mlp", "text_side_cross_attn",
                   "compile"}
 OUR_TEST_CFG_KEYS = {"nms_backend", "nms_early_stop", "half_window_offset"}
 
