@@ -2,6 +2,7 @@
 a cycle means two modules that cannot be understood, tested or changed one without the other."""
 import ast
 import os
+import re
 
 from libs.utils.paths import REPO_ROOT
 
@@ -36,10 +37,19 @@ def imports_of(path: str, modules: set) -> set:
     return {m for m in found if m in modules and m != name}
 
 
+def extension_modules() -> set:
+    """The compiled modules setup.py declares (``libs.utils._nms_cpu``, ...): importing one from
+    its package (``from libs.modeling import _layer_norm_cpu``) imports that leaf, not the package,
+    whether or not it was built here."""
+    with open(os.path.join(REPO_ROOT, "setup.py")) as f:
+        return set(re.findall(r'"(libs(?:\.\w+)*\._\w+)"', f.read()))
+
+
 def import_graph() -> dict:
     paths = [os.path.join(folder, f) for folder, _, files in os.walk(LIBS) for f in files if f.endswith(".py")]
-    modules = {module_name(p) for p in paths}
-    return {module_name(p): imports_of(p, modules) for p in paths}
+    extensions = extension_modules()
+    modules = {module_name(p) for p in paths} | extensions
+    return {**{name: set() for name in extensions}, **{module_name(p): imports_of(p, modules) for p in paths}}
 
 
 def cycles(graph: dict) -> list:
