@@ -12,6 +12,7 @@ All are optional: when one fails to compile (no compiler, toolkit mismatch), the
 and goes on, and the code falls back to pure PyTorch (same numbers to rounding, slower).
 """
 import os
+import sys
 import warnings
 
 from setuptools import find_packages, setup
@@ -42,6 +43,9 @@ EXTRAS_REQUIRE = {
     "dev": ["mutmut>=3.3"],
 }
 
+
+# GCC on Linux (torch's own CPU build uses OpenMP there); elsewhere the kernel runs on one thread
+OPENMP = ["-fopenmp"] if sys.platform.startswith("linux") else []
 
 # what runs instead of an extension that failed to build
 FALLBACKS = {
@@ -83,9 +87,10 @@ def _extensions_and_cmdclass():
         cpp_extension.CppExtension(
             "libs.modeling._layer_norm_cpu",
             [os.path.join(CSRC, "layer_norm_cpu.cpp")],
-            # no FMA contraction: products and sums round as the reference's separate kernels do
-            extra_compile_args={"cxx": ["-O3", "-ffp-contract=off"]},
-            extra_link_args=rpath,
+            # no FMA contraction: products and sums round as the reference's separate kernels do;
+            # OpenMP: at::parallel_for runs on torch's threads only when compiled with it
+            extra_compile_args={"cxx": ["-O3", "-ffp-contract=off"] + OPENMP},
+            extra_link_args=rpath + OPENMP,
         ),
     ]
     if _want_cuda(cpp_extension):

@@ -77,39 +77,59 @@ void forward_block(const float* xb, float* ob, const float* w, const float* b, i
 // One task of the backward pass. With xh = (x - mean) / denom and g = dy * w:
 // dx = (g - mean_c(g) - xh * mean_c(g * xh)) / denom; the task's share of dw (sum of dy * xh) and
 // db (sum of dy) goes to its own rows dw_part / db_part (summed by the caller: deterministic).
+// The per-channel sums over time run in kLanes independent accumulators, so they vectorise.
+constexpr int64_t kLanes = 8;
+
 LN_TARGETS
-void backward_block(const float* xb, const float* gb, float* db_out, const float* w, int64_t C,
+void backward_block(const float* xb, const float* gb, float* dx_out, const float* w, int64_t C,
                     int64_t T, int64_t n, const float* mean, const float* denom, double* dw_part,
                     double* db_part) {
   double s1[kBlock];
   double s2[kBlock];
-  for (int64_t i = 0; i < n; ++i) s1[i] = s2[i] = 0.0;
+  float inv[kBlock];
+  float xh[kBlock];
+  for (int64_t i = 0; i < n; ++i) {
+    s1[i] = s2[i] = 0.0;
+    inv[i] = 1.0f / denom[i];
+  }
+  const int64_t full = n - n % kLanes;
   for (int64_t c = 0; c < C; ++c) {
     const float* row = xb + c * T;
     const float* grow = gb + c * T;
     const float wc = w[c];
-    double dwc = 0.0, dbc = 0.0;
+    double dw_lanes[kLanes] = {0.0};
+    double db_lanes[kLanes] = {0.0};
     for (int64_t i = 0; i < n; ++i) {
-      const float xh = (row[i] - mean[i]) / denom[i];
+      xh[i] = (row[i] - mean[i]) * inv[i];
       const float g = grow[i] * wc;
       s1[i] += g;
-      s2[i] += g * xh;
-      dwc += grow[i] * xh;
-      dbc += grow[i];
+      s2[i] += g * xh[i];
     }
-    dw_part[c] += dwc;
-    db_part[c] += dbc;
+    for (int64_t i0 = 0; i0 < full; i0 += kLanes) {
+      for (int64_t j = 0; j < kLanes; ++j) {
+        dw_lanes[j] += grow[i0 + j] * xh[i0 + j];
+        db_lanes[j] += grow[i0 + j];
+      }
+    }
+    for (int64_t i = full; i < n; ++i) {
+      dw_lanes[i - full] += grow[i] * xh[i];
+      db_lanes[i - full] += grow[i];
+    }
+    for (int64_t j = 0; j < kLanes; ++j) {
+      dw_part[c] += dw_lanes[j];
+      db_part[c] += db_lanes[j];
+    }
   }
   for (int64_t c = 0; c < C; ++c) {
     const float* row = xb + c * T;
     const float* grow = gb + c * T;
-    float* orow = db_out + c * T;
+    float* orow = dx_out + c * T;
     const float wc = w[c];
     for (int64_t i = 0; i < n; ++i) {
-      const float xh = (row[i] - mean[i]) / denom[i];
+      const float h = (row[i] - mean[i]) * inv[i];
       const float mean_g = static_cast<float>(s1[i] / C);
       const float mean_gx = static_cast<float>(s2[i] / C);
-      orow[i] = (grow[i] * wc - mean_g - xh * mean_gx) / denom[i];
+      orow[i] = (grow[i] * wc - mean_g - h * mean_gx) * inv[i];
     }
   }
 }
