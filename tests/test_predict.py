@@ -332,7 +332,9 @@ def test_rephrased_questions_are_grounded_by_reading_them(tmp_path):
     reader_rate = top1_hit_rate(reader, rephrased, "rephrased")
     guesser_rate = top1_hit_rate(guesser, rephrased, "rephrased")
     print(f"R@1 IoU>0.3 on rephrased questions: trained {reader_rate:.3f}, text-shuffled {guesser_rate:.3f}")
-    # chance is about 1 in 5 windows per clip; measured here: 0.61-0.65 vs 0.13-0.23 (two float roundings
-    # of the same training; with the absolute position encoding the trained rate swung 0.37-0.78)
-    assert reader_rate >= 0.45
-    assert reader_rate >= guesser_rate + 0.25
+    # chance is about 1 in 5 windows per clip. Measured (2026-12-04, AMD EPYC): the trained rate over
+    # training seeds 0-4 with fast mode's kernels on 0.41 / 0.51 / 0.68 / 0.73 / 0.69 and off 0.58 /
+    # 0.54 / 0.73 / 0.62 / 0.72 (float rounding alone moves a run by up to 0.17), text-shuffled
+    # 0.13-0.23; the bounds keep a margin below the lowest trained run and above every shuffled one
+    assert reader_rate >= 0.35
+    assert reader_rate >= guesser_rate + 0.15
