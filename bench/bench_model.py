@@ -48,7 +48,6 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -141,6 +140,7 @@ def run_worker(args: argparse.Namespace) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
     from libs.evaluation.postprocess import results_of_heads
+    from libs.utils.amp import autocast
 
     task, mode, out_path = args.worker.split(":", 2)
     torch.set_num_threads(args.threads)
@@ -148,7 +148,6 @@ def run_worker(args: argparse.Namespace) -> None:
     model, cfg = build_model(args.config, mode)
     model.to(device)
     collate = model.collator(is_training=task == "train")  # the loader's job in a run: part of the step
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.amp == "bf16" else contextlib.nullcontext
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     # the FLOP-counted step runs through Python dispatch and leaves the next step cold (measured:
     # 7.4 s then 5.8 s for a reference training step): one plain step more before timing
@@ -176,7 +175,7 @@ def run_worker(args: argparse.Namespace) -> None:
 
         def step() -> None:
             batch = collate(items).to(device)  # collate is part of the step (reference pads here)
-            with autocast():
+            with autocast(device, args.amp):
                 losses = model(batch)
             optimizer.zero_grad(set_to_none=True)
             losses["final_loss"].backward()
@@ -200,7 +199,7 @@ def run_worker(args: argparse.Namespace) -> None:
         @torch.no_grad()
         def step(queries: List[Dict[str, Any]] = items) -> None:
             batch = collate(queries).to(device)
-            with autocast():
+            with autocast(device, args.amp):
                 heads = model(batch)
                 results_of_heads(heads, batch.meta, model.test_cfg)
             captured["heads"], captured["masks"] = heads, batch

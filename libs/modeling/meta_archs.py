@@ -62,12 +62,12 @@ class LocPointTransformer(nn.Module):
     ``backbones.pyramid_lengths``) and kernel switches that keep the numbers (to float32
     rounding) but not the reference's cost:
     ``use_sdpa`` (fused attention), ``local_attn_impl`` ("blocked" block GEMMs, the fastest;
-    "banded" shifted products; "chunked" the reference's overlapping chunks), ``fused_layer_norm`` (the one-pass
-    channel LayerNorm kernel, ``fused_layer_norm.py``), ``chunked_mlp`` (the transformer MLPs
-    in cache-sized column chunks, ``blocks.chunked_mlp``), ``text_side_cross_attn`` (the
-    cross-attention's query and output projections applied to the short text, ``MaskedMHA``)
-    and ``compile``
-    (False | True = inductor | a ``torch.compile`` backend name). ``sparse_reg_head``: in training,
+    "banded" shifted products; "chunked" the reference's overlapping chunks),
+    ``fused_layer_norm`` (the one-pass channel LayerNorm kernel, ``fused_layer_norm.py``),
+    ``chunked_mlp`` (the transformer MLPs in cache-sized column chunks, ``blocks.chunked_mlp``),
+    ``text_side_cross_attn`` (the cross-attention's query and output projections applied to the
+    short text, ``MaskedMHA``) and ``compile`` (False | True = inductor | a ``torch.compile``
+    backend name). ``sparse_reg_head``: in training,
     run the regression head only around the positive points, where the loss reads it (same losses
     and gradients; see ``RegHead.forward_at``).
     """
@@ -245,7 +245,6 @@ class LocPointTransformer(nn.Module):
         """Every channel LayerNorm: the one-pass kernel or the reference's formula; every
         transformer MLP: cache-sized column chunks or two full-width convolutions; every
         cross-attention: projections on the text side or on the video (same numbers to rounding)."""
-        self.fused_layer_norm, self.chunked_mlp, self.text_side_cross_attn = layer_norm, mlp, cross_attention
         for module in self.modules():
             if isinstance(module, LayerNorm):
                 module.fused = layer_norm
