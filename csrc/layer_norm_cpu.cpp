@@ -134,6 +134,21 @@ void backward_block(const float* xb, const float* gb, float* dx_out, const float
   }
 }
 
+int64_t num_blocks(int64_t T) { return (T + kBlock - 1) / kBlock; }
+
+// Runs fn(task, row, t0, n) for every (clip row, block of kBlock columns) on torch's threads; task
+// numbers the pairs row-major, so per-task partial sums can be reduced in a fixed order.
+template <typename Fn>
+void for_each_block(int64_t B, int64_t T, const Fn& fn) {
+  const int64_t blocks = num_blocks(T);
+  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t row = task / blocks, t0 = (task % blocks) * kBlock;
+      fn(task, row, t0, std::min(kBlock, T - t0));
+    }
+  });
+}
+
 // x (B, C, T) -> (out (B, C, T), mean (B, T), denom = sqrt(var + eps) (B, T))
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& weight,
                                                        const at::Tensor& bias, double eps) {
@@ -148,14 +163,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const at::Tensor& x, cons
   float* op = out.data_ptr<float>();
   float* mp = mean.data_ptr<float>();
   float* dp = denom.data_ptr<float>();
-  const int64_t blocks = (T + kBlock - 1) / kBlock;
-  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task / blocks, t0 = (task % blocks) * kBlock;
-      const int64_t offset = row * C * T + t0;
-      forward_block(xp + offset, op + offset, wp, bp, C, T, std::min(kBlock, T - t0),
-                    static_cast<float>(eps), mp + row * T + t0, dp + row * T + t0);
-    }
+  for_each_block(B, T, [&](int64_t, int64_t row, int64_t t0, int64_t n) {
+    const int64_t offset = row * C * T + t0;
+    forward_block(xp + offset, op + offset, wp, bp, C, T, n, static_cast<float>(eps), mp + row * T + t0,
+                  dp + row * T + t0);
   });
   return {out, mean, denom};
 }
@@ -168,10 +179,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
   TORCH_CHECK(grad_out.sizes() == x.sizes() && grad_out.is_contiguous() && grad_out.scalar_type() == at::kFloat,
               "_layer_norm_cpu: grad_out must be contiguous float32 of x's shape");
   const int64_t B = x.size(0), C = x.size(1), T = x.size(2);
-  const int64_t blocks = (T + kBlock - 1) / kBlock;
   auto dx = at::empty_like(x);
-  auto dw_part = at::zeros({B * blocks, C}, x.options().dtype(at::kDouble));
-  auto db_part = at::zeros({B * blocks, C}, x.options().dtype(at::kDouble));
+  auto dw_part = at::zeros({B * num_blocks(T), C}, x.options().dtype(at::kDouble));
+  auto db_part = at::zeros({B * num_blocks(T), C}, x.options().dtype(at::kDouble));
   const float* xp = x.data_ptr<float>();
   const float* gp = grad_out.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
@@ -180,13 +190,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
   float* dxp = dx.data_ptr<float>();
   double* dwp = dw_part.data_ptr<double>();
   double* dbp = db_part.data_ptr<double>();
-  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task / blocks, t0 = (task % blocks) * kBlock;
-      const int64_t offset = row * C * T + t0;
-      backward_block(xp + offset, gp + offset, dxp + offset, wp, C, T, std::min(kBlock, T - t0),
-                     mp + row * T + t0, dp + row * T + t0, dwp + task * C, dbp + task * C);
-    }
+  for_each_block(B, T, [&](int64_t task, int64_t row, int64_t t0, int64_t n) {
+    const int64_t offset = row * C * T + t0;
+    backward_block(xp + offset, gp + offset, dxp + offset, wp, C, T, n, mp + row * T + t0, dp + row * T + t0,
+                   dwp + task * C, dbp + task * C);
   });
   return {dx, dw_part.sum(0).to(at::kFloat), db_part.sum(0).to(at::kFloat)};
 }
