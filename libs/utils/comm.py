@@ -79,8 +79,19 @@ def _restart_safe_store(world_size: int, timeout: datetime.timedelta) -> dict:
             "world_size": world_size}
 
 
-def destroy_distributed() -> None:
+def destroy_distributed(completed: bool) -> None:
+    """Leave the process group; after a ``completed`` run, only once every rank got here.
+
+    The barrier is for the last collective (a snapshot's ``all_gather_object``): a gloo worker
+    thread still holds its work, and freeing its tensors needs the GIL. A rank that exits at once
+    can reach interpreter shutdown first, and the process aborts ("terminate called without an
+    active exception", pytorch PR 179291): a run that trained fully then fails 1 time in 30-80.
+    The barrier releases the GIL while it waits for the slowest rank. After a failure there is
+    no barrier: the other ranks may never come.
+    """
     if is_distributed():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 
