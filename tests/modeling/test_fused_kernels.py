@@ -125,7 +125,7 @@ def test_chunked_mlp_matches_the_two_convolutions(length):
         assert_close(a, b, "gradients", scale=4.0)
 
 
-def test_transformer_block_chunks_the_mlp_only_without_autograd(monkeypatch):
+def test_transformer_block_chunks_the_mlp_only_without_autograd_in_float32(monkeypatch):
     block = TransformerBlock(16, 2, window_size=3, proj_pdrop=0.5).train()
     calls = []
     monkeypatch.setattr("libs.modeling.transformer.chunked_mlp", lambda *a: calls.append(a))
@@ -134,6 +134,9 @@ def test_transformer_block_chunks_the_mlp_only_without_autograd(monkeypatch):
     block.eval()
     block(x, mask)
     assert calls == []  # recorded for backward: the convolutions (and dropout in the Sequential)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        block(x, mask)
+    assert calls == []  # bf16 products: the convolutions
     with torch.no_grad(), pytest.raises(TypeError):  # the patched chunked path returns None: taken
         block(x, mask)
 
