@@ -128,13 +128,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict | None:
     device = comm.init_distributed()
     if args.device and comm.get_world_size() == 1:
         device = torch.device(args.device)
-    completed = False
-    try:
-        result = _evaluate_on(args, cfg, device)
-        completed = True
-        return result
-    finally:
-        comm.destroy_distributed(completed)
+    with comm.leave_group_when_done():
+        return _evaluate_on(args, cfg, device)
 
 
 def _evaluate_on(args: argparse.Namespace, cfg: dict, device) -> dict | None:

@@ -144,16 +144,13 @@ def train(args: argparse.Namespace) -> None:
     folder = run_folder(cfg, args.config, args.output)
     fresh = comm.get_rank() == 0 and not os.path.exists(folder)
     parts: dict = {}  # what train_in_folder built: the trainer (its step count) and the event writers
-    completed = False
-    try:
-        train_in_folder(args, cfg, folder, device, resume_state, parts)
-        completed = True
-    except BaseException:
-        if fresh and ("trainer" not in parts or parts["trainer"].iter == 0):
-            remove_run_folder(folder, parts.get("writers", []))
-        raise
-    finally:
-        comm.destroy_distributed(completed)
+    with comm.leave_group_when_done():
+        try:
+            train_in_folder(args, cfg, folder, device, resume_state, parts)
+        except BaseException:
+            if fresh and ("trainer" not in parts or parts["trainer"].iter == 0):
+                remove_run_folder(folder, parts.get("writers", []))
+            raise
 
 
 def remove_run_folder(folder: str, writers: list) -> None:

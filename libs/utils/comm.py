@@ -6,9 +6,10 @@ Processes are started by ``torchrun`` (env ``RANK``, ``WORLD_SIZE``, ``LOCAL_RAN
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from typing import Any, List
+from typing import Any, Iterator, List
 
 import torch
 import torch.distributed as dist
@@ -93,6 +94,18 @@ def destroy_distributed(completed: bool) -> None:
         if completed:
             dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def leave_group_when_done() -> Iterator[None]:
+    """Run the body, then leave the process group: at a barrier when the body returned, at once
+    when it raised (``destroy_distributed``)."""
+    try:
+        yield
+    except BaseException:
+        destroy_distributed(completed=False)
+        raise
+    destroy_distributed(completed=True)
 
 
 def all_reduce_mean(value: Any) -> Any:

@@ -59,14 +59,10 @@ def _worker(rank, folder):
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD_SIZE)
-    completed = False
-    try:
+    with comm.leave_group_when_done():
         result = one_step(WORLD_SIZE, rank, init_loss_norm=200.0 / WORLD_SIZE)
         result["mean"] = comm.all_reduce_mean(float(rank))
         torch.save(result, os.path.join(folder, f"rank{rank}.pt"))
-        completed = True
-    finally:
-        comm.destroy_distributed(completed)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
